@@ -1,0 +1,159 @@
+"""Speed and memory of ``descbal eval hpatches`` on a generated case the size of split ``a``.
+
+The case (fixed seed): 40 sequences (20 ``i_``, 20 ``v_``) of 500-2000 patches, 128-d unit
+descriptors written as official CSVs (``%10.5f``), three row-aligned verification files of
+1,000,000 rows, 10,000 retrieval queries and 20,000 distractors.
+
+Measured, each in a fresh process: all three tasks end to end from CSV (parsing included, which
+also writes the binary cache), then again from the binary cache; wall time per stage and peak
+RSS. Baseline in the same run: a loop-based implementation with the official code's structure
+(``tests/reference_hpatches.py``: per-pair scipy ``euclidean``, a full ``cdist`` and one
+``pr`` per query and pool size), timed on a sample of each task and extrapolated linearly to
+the full size; the sample's numbers are also compared with descbal's.
+
+Usage: ``python benchmarks/hpatches_eval.py [--work DIR] [--scale 1.0]``. Target on 2 cores:
+all three tasks <= 20 s from the binary cache, peak RSS <= 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from descbal.eval.hpatches_io import TYPES, write_descriptor_csv
+from descbal.eval.taskgen import write_splits, write_verification_tasks
+
+SEED = 20240611
+NOISE = {"e": 0.35, "h": 0.6, "t": 0.85}
+
+
+def generate(work: Path, scale: float) -> None:
+    """Write descriptors and tasks under ``work`` unless a previous run left the same case."""
+    marker = work / "case.json"
+    case = {"seed": SEED, "scale": scale, "version": 1}
+    if marker.is_file() and json.loads(marker.read_text()) == case:
+        print(f"reusing the generated case in {work}", file=sys.stderr)
+        return
+    rng = np.random.default_rng(SEED)
+    names = [f"i_seq{k:02d}" for k in range(20)] + [f"v_seq{k:02d}" for k in range(20)]
+    lengths = {n: int(rng.integers(500, 2001)) for n in names}
+    t0 = time.time()
+    for n in names:
+        ref = rng.standard_normal((lengths[n], 128))
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+        for t in TYPES:
+            x = ref if t == "ref" else ref + NOISE[t[0]] * rng.standard_normal(ref.shape) / np.sqrt(128) * (
+                1 + 0.1 * int(t[1]))
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+            write_descriptor_csv(work / "descriptors" / n / f"{t}.csv", x.astype(np.float32))
+    print(f"descriptors written in {time.time() - t0:.0f} s", file=sys.stderr)
+    tasks = work / "tasks"
+    write_splits(tasks, {"a": names})
+    write_verification_tasks(tasks, "a", lengths, int(1_000_000 * scale), rng)
+    pool = [(n, i) for n in names for i in range(lengths[n])]
+    order = rng.permutation(len(pool))
+    nq, nd = int(10_000 * scale), int(20_000 * scale)
+    for kind, sel in (("queries", order[:nq]), ("distractors", order[nq : nq + nd])):
+        with open(tasks / f"retr_{kind}_split-a.csv", "w") as f:
+            f.write("s,idx\n")
+            f.writelines(f"{pool[i][0]},{pool[i][1]}\n" for i in sel)
+    marker.write_text(json.dumps(case))
+
+
+def child(work: Path, use_cache: bool, out: Path) -> None:
+    """One timed evaluation (run in a fresh process)."""
+    from descbal.eval.hpatches import _Flat, evaluate_matching, evaluate_retrieval, evaluate_verification
+    from descbal.eval.hpatches_io import get_split, load_descriptors
+    from descbal.eval.distances import get_distance
+
+    times = {}
+    t0 = time.perf_counter()
+    split = get_split(work / "tasks", "a")
+    desc = load_descriptors(work / "descriptors", split["test"], use_cache=use_cache)
+    times["load"] = time.perf_counter() - t0
+    dist = get_distance("L2")
+    t = time.perf_counter()
+    flat = _Flat(desc, split["test"])
+    res = {"verification": evaluate_verification(flat, work / "tasks", "a", dist)}
+    times["verification"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res["matching"] = evaluate_matching(desc, split["test"], dist)
+    times["matching"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res["retrieval"] = evaluate_retrieval(flat, work / "tasks", "a", dist)
+    times["retrieval"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+    out.write_text(json.dumps({"times": times, "peak_rss_gib": rss, "result": res}))
+
+
+def run_child(work: Path, use_cache: bool) -> dict:
+    out = work / f"child-{int(use_cache)}.json"
+    subprocess.run([sys.executable, __file__, "--work", str(work), "--child", "cache" if use_cache else "csv",
+                    "--child-out", str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def baseline(work: Path, fast: dict) -> dict:
+    """Time the loop-based reference on samples and extrapolate to the full case."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import reference_hpatches as ref  # noqa: E402
+
+    from descbal.eval.hpatches_io import get_split, load_descriptors
+
+    split = get_split(work / "tasks", "a")
+    desc = load_descriptors(work / "descriptors", split["test"]).data
+    return ref.timed_sample(desc, work / "tasks", "a", split["test"], fast)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "descbal-bench-hpatches")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the task-file sizes (1.0 = split a)")
+    ap.add_argument("--child", choices=["csv", "cache"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--no-baseline", action="store_true", help="skip the loop-based baseline")
+    args = ap.parse_args()
+    if args.child:
+        child(args.work, args.child == "cache", args.child_out)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    generate(args.work, args.scale)
+    cache = args.work / "descriptors" / ".descbal-cache.h5"
+    if cache.exists():
+        cache.unlink()
+    csv_run = run_child(args.work, use_cache=True)  # parses the CSVs and writes the cache
+    cache_run = run_child(args.work, use_cache=True)  # reads the cache
+    same = json.dumps(csv_run["result"], sort_keys=True) == json.dumps(cache_run["result"], sort_keys=True)
+    print(f"\nHPatches evaluation, split-a-sized case (scale {args.scale}), {os.cpu_count()} CPU cores")
+    print(f"{'stage':<14}{'from CSV (s)':>14}{'from cache (s)':>16}")
+    for k in ("load", "verification", "matching", "retrieval", "total"):
+        print(f"{k:<14}{csv_run['times'][k]:>14.2f}{cache_run['times'][k]:>16.2f}")
+    print(f"{'peak RSS GiB':<14}{csv_run['peak_rss_gib']:>14.2f}{cache_run['peak_rss_gib']:>16.2f}")
+    print(f"results identical from CSV and from cache: {same}")
+    ok = cache_run["times"]["total"] <= 20 and max(csv_run["peak_rss_gib"], cache_run["peak_rss_gib"]) <= 4
+    print(f"target (<= 20 s from cache, peak RSS <= 4 GB): {'met' if ok else 'NOT met'}")
+    if not args.no_baseline:
+        b = baseline(args.work, cache_run["result"])
+        print("\nBaseline (official code's structure, loop-based; sampled and extrapolated):")
+        print(f"{'task':<14}{'sample':>22}{'sample s':>10}{'full est. s':>13}{'descbal s':>11}{'speed-up':>10}{'max |diff|':>12}")
+        for task in ("verification", "matching", "retrieval"):
+            r = b[task]
+            ours = cache_run["times"][task]
+            print(f"{task:<14}{r['sample']:>22}{r['seconds']:>10.1f}{r['estimate']:>13.0f}{ours:>11.2f}"
+                  f"{r['estimate'] / ours:>9.0f}x{r['max_abs_diff']:>12.1e}")
+        total = sum(b[t]["estimate"] for t in ("verification", "matching", "retrieval"))
+        print(f"{'all three':<14}{'':>22}{'':>10}{total:>13.0f}{cache_run['times']['total']:>11.2f}"
+              f"{total / cache_run['times']['total']:>9.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The ``descbal`` command line. It only parses arguments and calls library functions.
+
+Data go to stdout (``--json -``); tables, logs and progress to stderr. Exit codes: 0 ok,
+1 runtime failure, 2 bad usage or bad input, 3 data missing or checksum mismatch,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from descbal import __version__
+from descbal.errors import DescbalError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="descbal",
+    help="Learned local patch descriptors: download, cache, train, evaluate, extract.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Evaluate descriptors: HPatches (official protocol) and Brown FPR95.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user-facing errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from descbal.console import stderr
+
+        try:
+            return fn(*args, **kwargs)
+        except DescbalError as e:
+            stderr.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"descbal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """descbal: learned local patch descriptors."""
+
+
+JsonOpt = Annotated[str | None, typer.Option("--json", help="Write the result as JSON to FILE, or '-' for stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+
+
+class Task(str, Enum):
+    verification = "verification"
+    matching = "matching"
+    retrieval = "retrieval"
+
+
+class Dist(str, Enum):
+    L2 = "L2"
+    L1 = "L1"
+
+
+class FprDef(str, Enum):
+    hardnet = "hardnet"
+    hynet = "hynet"
+
+
+def _print_tables(tables: list, quiet: bool) -> None:
+    from descbal.console import stderr
+
+    if not quiet:
+        for t in tables:
+            stderr.print(t)
+
+
+@eval_app.command("hpatches")
+@handle_errors
+def eval_hpatches(
+    descriptors: Annotated[Path, typer.Option("--descriptors", "-d",
+                                              help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")],
+    tasks: Annotated[Path, typer.Option("--tasks", "-t", help="Folder with splits/splits.json and the task CSVs.")],
+    split: Annotated[str, typer.Option(help="Split name: a, b, c, full, illum, view, ...")] = "a",
+    task: Annotated[list[Task] | None, typer.Option("--task", help="Task to run (repeatable; default: all three).")] = None,
+    dist: Annotated[Dist, typer.Option("--dist", help="Descriptor distance.")] = Dist.L2,
+    delimiter: Annotated[str, typer.Option(help="CSV delimiter of the descriptor files.")] = ",",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the binary descriptor cache.")] = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """HPatches verification / matching / retrieval, exactly the official Python protocol."""
+    from descbal.console import emit_json, task_progress
+    from descbal.eval.hpatches import TASKS, evaluate_hpatches
+    from descbal.eval.hpatches_io import get_split, load_descriptors
+    from descbal.eval.report import hpatches_tables
+
+    spl = get_split(tasks, split)
+    desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
+    chosen = [t.value for t in task] if task else list(TASKS)
+    with task_progress(quiet) as progress:
+        result = evaluate_hpatches(desc, tasks, split, chosen, dist.value, progress=progress)
+    _print_tables(hpatches_tables(result), quiet)
+    emit_json(result, json_out)
+
+
+@eval_app.command("brown")
+@handle_errors
+def eval_brown(
+    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="m50_*.txt pairs file, or a Brown cache .h5 with 'pairs'.")],
+    descriptors: Annotated[Path, typer.Option("--descriptors", "-d",
+                                              help="Per-patch descriptors: .npy (N, D) or .h5 with 'descriptors'.")],
+    definition: Annotated[FprDef, typer.Option("--fpr", help="FPR95 definition.")] = FprDef.hardnet,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Brown / UBC PhotoTour FPR at 95 % recall."""
+    from descbal.console import emit_json
+    from descbal.eval.brown import evaluate_brown, load_patch_descriptors, read_pairs
+    from descbal.eval.report import brown_table
+
+    id1, id2, labels = read_pairs(pairs)
+    desc = load_patch_descriptors(descriptors)
+    result = evaluate_brown(desc, id1, id2, labels, definition.value, source=pairs)
+    _print_tables([brown_table(result)], quiet)
+    emit_json(result, json_out)
+
+
+@eval_app.command("example")
+@handle_errors
+def eval_example(
+    out: Annotated[Path | None, typer.Option(help="Keep the generated example here (default: a temporary folder).")] = None,
+    descriptor: Annotated[str, typer.Option(help="Built-in baseline descriptor: sift or rootsift.")] = "sift",
+    seed: Annotated[int, typer.Option(help="Seed of the generated example.")] = 0,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate a small HPatches-style example, describe it with a baseline, evaluate it."""
+    from descbal.classical import CLASSICAL
+    from descbal.console import emit_json, stderr, task_progress
+    from descbal.errors import BadInputError
+    from descbal.eval.example import run_example
+    from descbal.eval.report import hpatches_tables
+
+    if descriptor not in CLASSICAL:
+        raise BadInputError(f"unknown descriptor {descriptor!r}; choose from {', '.join(CLASSICAL)}")
+    with tempfile.TemporaryDirectory(prefix="descbal-example-") as tmp:
+        where = out if out is not None else Path(tmp)
+        with task_progress(quiet) as progress:
+            result = run_example(where, descriptor=descriptor, seed=seed, progress=progress)
+        _print_tables(hpatches_tables(result), quiet)
+        if out is not None and not quiet:
+            stderr.print(f"example written to {out} (patches/, descriptors/{descriptor}/, tasks/)")
+    emit_json(result, json_out)
+
+
+def _not_yet(name: str, what: str) -> None:
+    @app.command(name, help=f"{what} (not available yet).",
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _cmd() -> None:
+        from descbal.console import stderr
+
+        stderr.print(f"descbal {name}: not available yet in descbal {__version__}.")
+        raise typer.Exit(1)
+
+
+_not_yet("download", "Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable")
+_not_yet("cache", "Convert raw datasets into HDF5 patch caches")
+_not_yet("train", "Train 128-d descriptors (HyNet + Self-TNet balance loss and annealing)")
+_not_yet("extract", "Keypoints + descriptors for a folder of images (hloc/COLMAP files)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

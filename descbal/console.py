@@ -1,0 +1,59 @@
+"""Terminal output: logs, tables and progress on stderr; data on stdout.
+
+Progress bars are shown only when stderr is a terminal and ``--quiet`` is not given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from descbal.fileio import write_text_atomic
+
+stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+
+
+@contextlib.contextmanager
+def task_progress(quiet: bool = False) -> Iterator[Any]:
+    """Yield a ``progress(task, done, total)`` callback driving one rich bar per task name."""
+    if quiet or not stderr.is_terminal:
+        yield lambda task, done, total: None
+        return
+    bars: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=stderr, transient=False,
+    ) as prog:
+
+        def update(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = prog.add_task(task, total=total)
+            prog.update(bars[task], completed=done, total=total)
+
+        yield update
+
+
+def emit_json(doc: Any, target: str | None) -> None:
+    """Write ``doc`` as JSON to stdout (``-``) or atomically to a file; nothing when None."""
+    if target is None:
+        return
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomic(Path(target), text)

@@ -1,0 +1,358 @@
+"""Reading HPatches descriptor trees, task files and splits, with clear errors.
+
+Descriptor tree (the official layout): ``DIR/<sequence>/<type>.csv`` for the 16 types
+``ref, e1..e5, h1..h5, t1..t5``; row i is patch i, one descriptor per row, no header. ``.npy``
+files in the same layout are accepted too. CSVs are parsed once and kept in a one-file binary
+cache (``DIR/.descbal-cache.h5``) keyed by each file's size and modification time, so repeated
+evaluations skip the parsing.
+
+Task folder (the benchmark's ``tasks/``): ``splits/splits.json`` (or ``splits.json``),
+``verif_{pos,neg_intra,neg_inter}_split-X.csv`` (header ``s1,t1,idx1,s2,t2,idx2``) and
+``retr_{queries,distractors}_split-X.csv`` (header ``s,idx``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from numpy.typing import NDArray
+
+from descbal.errors import BadInputError, DataMissingError
+from descbal.fileio import atomic_path
+
+#: Image types in the order of the official loader; index 0 is ``ref``.
+TYPES: tuple[str, ...] = ("ref",) + tuple(f"{n}{i}" for n in "eht" for i in range(1, 6))
+NOISE_LEVELS: tuple[str, ...] = ("e", "h", "t")
+CACHE_NAME = ".descbal-cache.h5"
+_CACHE_FORMAT = 1
+
+
+def type_index(noise: str, image: int) -> int:
+    """Row of :data:`TYPES` for a task-file image id (0 = ref, 1..5) at a noise level."""
+    if image == 0:
+        return 0
+    return 1 + NOISE_LEVELS.index(noise) * 5 + (image - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Descriptors
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(paths: Iterable[Path]) -> str:
+    parts = []
+    for p in paths:
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def parse_descriptor_csv(path: Path, delimiter: str = ",") -> NDArray[np.float32]:
+    """Parse one descriptor CSV to float32 (parsed as float64 first, like the official pandas
+    reader followed by ``astype(float32)``). Shape: (N, D)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError as e:
+        raise BadInputError(f"cannot read: {e.strerror}", path) from None
+    if not first.strip():
+        raise BadInputError("empty descriptor file or blank first line", path)
+    if delimiter.strip() and delimiter.encode() not in first:
+        raise BadInputError(
+            f"one column per row: wrong delimiter? (expected {delimiter!r}-separated values)", path
+        )
+    try:
+        arr = np.loadtxt(path, delimiter=delimiter if delimiter.strip() else None,
+                         dtype=np.float64, ndmin=2, comments=None)
+    except ValueError as e:
+        msg = str(e).split(";")[0].replace("float64", "a number")
+        raise BadInputError(msg, path) from None
+    if arr.shape[1] == 1:
+        raise BadInputError("one column per row: wrong delimiter?", path)
+    return arr.astype(np.float32)
+
+
+def _load_npy(path: Path) -> NDArray[np.float32]:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"not a readable .npy array ({e})", path) from None
+    if arr.ndim != 2:
+        raise BadInputError(f"expected a 2-D (N, D) array, got shape {arr.shape}", path)
+    if arr.shape[1] == 1:
+        raise BadInputError("descriptors of dimension 1", path)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise BadInputError(f"non-numeric dtype {arr.dtype}", path)
+    return arr.astype(np.float32)
+
+
+def _sequence_files(root: Path, seq: str) -> tuple[list[Path], str]:
+    folder = root / seq
+    if not folder.is_dir():
+        raise BadInputError(f"missing sequence folder {seq!r}", folder)
+    for ext in (".csv", ".npy"):
+        files = [folder / f"{t}{ext}" for t in TYPES]
+        if all(f.is_file() for f in files):
+            return files, ext
+    missing = [f"{t}.csv" for t in TYPES if not (folder / f"{t}.csv").is_file()]
+    raise BadInputError(f"missing descriptor file(s) {', '.join(missing)}", folder)
+
+
+def _validate_sequence(seq: str, files: Sequence[Path], arrays: Sequence[np.ndarray]) -> np.ndarray:
+    n, d = arrays[0].shape
+    for f, a in zip(files, arrays, strict=True):
+        if a.shape[1] != d:
+            raise BadInputError(f"descriptor dimension {a.shape[1]} differs from ref's {d}", f)
+        if a.shape[0] != n:
+            raise BadInputError(f"{a.shape[0]} rows, but ref of {seq} has {n}", f)
+        if not np.all(np.isfinite(a)):
+            row = int(np.flatnonzero(~np.all(np.isfinite(a), axis=1))[0])
+            raise BadInputError(f"NaN or inf in row {row + 1}", f)
+    return np.stack(arrays)
+
+
+@dataclass
+class HPatchesDescriptors:
+    """Descriptors of a set of HPatches sequences.
+
+    ``data[seq]`` has shape (16, N_seq, D), float32, indexed by :data:`TYPES`.
+    """
+
+    data: dict[str, NDArray[np.float32]]
+
+    @property
+    def dim(self) -> int:
+        return next(iter(self.data.values())).shape[2]
+
+    def __contains__(self, seq: str) -> bool:
+        return seq in self.data
+
+    def num_patches(self, seq: str) -> int:
+        return self.data[seq].shape[1]
+
+
+def load_descriptors(
+    root: str | Path,
+    sequences: Sequence[str],
+    delimiter: str = ",",
+    use_cache: bool = True,
+) -> HPatchesDescriptors:
+    """Load the descriptors of ``sequences`` from an official-layout tree.
+
+    CSVs are parsed once; afterwards they are read from ``root/.descbal-cache.h5`` while their
+    sizes and modification times are unchanged. A read-only tree simply is not cached.
+
+    Raises:
+        BadInputError: a missing folder or file, differing row counts within a sequence, a
+            one-column CSV (wrong delimiter), NaN/inf, or mixed dimensions.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError("descriptor folder does not exist", root)
+    cache_path = root / CACHE_NAME
+    cached: dict[str, np.ndarray] = {}
+    fresh: dict[str, tuple[str, np.ndarray]] = {}
+    cache_index: dict[str, str] = {}
+    if use_cache and cache_path.is_file():
+        try:
+            with h5py.File(cache_path, "r", locking=False) as h5:
+                if h5.attrs.get("format") == _CACHE_FORMAT:
+                    cache_index = {k: str(h5[k].attrs["fingerprint"]) for k in h5}
+        except (OSError, KeyError):
+            cache_index = {}
+    out: dict[str, np.ndarray] = {}
+    to_read_from_cache = []
+    for seq in sequences:
+        files, ext = _sequence_files(root, seq)
+        fp = ext + "|" + _fingerprint(files)
+        if ext == ".csv" and cache_index.get(seq) == fp:
+            to_read_from_cache.append(seq)
+            continue
+        if ext == ".csv":
+            arrays = [parse_descriptor_csv(f, delimiter) for f in files]
+        else:
+            arrays = [_load_npy(f) for f in files]
+        stacked = _validate_sequence(seq, files, arrays)
+        out[seq] = stacked
+        if ext == ".csv":
+            fresh[seq] = (fp, stacked)
+    if to_read_from_cache:
+        with h5py.File(cache_path, "r", locking=False) as h5:
+            for seq in to_read_from_cache:
+                cached[seq] = h5[seq][...]
+        out.update(cached)
+    if use_cache and fresh:
+        _write_cache(cache_path, fresh)
+    dims = {a.shape[2] for a in out.values()}
+    if len(dims) > 1:
+        raise BadInputError(f"sequences have different descriptor dimensions {sorted(dims)}", root)
+    return HPatchesDescriptors({seq: out[seq] for seq in sequences})
+
+
+def _write_cache(cache_path: Path, fresh: dict[str, tuple[str, np.ndarray]]) -> None:
+    """Merge newly parsed sequences into the cache file (atomically); silently skip on a
+    read-only folder."""
+    try:
+        with atomic_path(cache_path) as tmp:
+            with h5py.File(tmp, "w", locking=False) as out:
+                out.attrs["format"] = _CACHE_FORMAT
+                if cache_path.is_file():
+                    try:
+                        with h5py.File(cache_path, "r", locking=False) as old:
+                            if old.attrs.get("format") == _CACHE_FORMAT:
+                                for k in old:
+                                    if k not in fresh:
+                                        old.copy(old[k], out, name=k)
+                    except OSError:
+                        pass
+                for seq, (fp, arr) in fresh.items():
+                    ds = out.create_dataset(seq, data=arr)
+                    ds.attrs["fingerprint"] = fp
+    except OSError:
+        return
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and task files
+# --------------------------------------------------------------------------------------------
+
+
+def find_splits_file(tasks_dir: str | Path) -> Path:
+    """``tasks_dir/splits/splits.json`` or ``tasks_dir/splits.json``."""
+    tasks_dir = Path(tasks_dir)
+    for p in (tasks_dir / "splits" / "splits.json", tasks_dir / "splits.json"):
+        if p.is_file():
+            return p
+    raise BadInputError("no splits/splits.json or splits.json", tasks_dir)
+
+
+def load_splits(tasks_dir: str | Path) -> dict[str, dict]:
+    """The split definitions: ``{name: {"name": ..., "test": [...], "train": [...]?}}``."""
+    path = find_splits_file(tasks_dir)
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"not valid JSON ({e})", path) from None
+    if not isinstance(splits, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("test"), list) for v in splits.values()
+    ):
+        raise BadInputError("expected {split: {'test': [sequence, ...]}}", path)
+    return splits
+
+
+def get_split(tasks_dir: str | Path, name: str) -> dict:
+    """One split by name; BadInputError naming the known splits when absent."""
+    splits = load_splits(tasks_dir)
+    if name not in splits:
+        raise BadInputError(
+            f"unknown split {name!r}; known: {', '.join(sorted(splits))}", find_splits_file(tasks_dir)
+        )
+    split = dict(splits[name])
+    split.setdefault("name", name)
+    return split
+
+
+@dataclass
+class PatchRefs:
+    """Rows of a task file resolved against a list of sequences.
+
+    ``seq`` (M,) int64 indices into the sequence list, ``image`` (M,) image ids 0..5 (all zeros
+    for retrieval files), ``idx`` (M,) 0-based patch indices.
+    """
+
+    seq: NDArray[np.int64]
+    image: NDArray[np.int64]
+    idx: NDArray[np.int64]
+
+
+def _split_fields(path: Path, ncols: int) -> tuple[list[bytes], list[list[bytes]]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataMissingError("task file not found", path) from None
+    except OSError as e:
+        raise BadInputError(f"cannot read: {e.strerror}", path) from None
+    lines = raw.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise BadInputError("empty task file", path)
+    header = lines[0].split(b",")
+    if len(header) != ncols:
+        raise BadInputError(f"header has {len(header)} columns, expected {ncols}", path)
+    body = lines[1:]
+    fields = b",".join(body).split(b",") if body else []
+    if len(fields) != ncols * len(body):
+        bad = next(i for i, ln in enumerate(body) if ln.count(b",") != ncols - 1)
+        raise BadInputError(f"line {bad + 2} does not have {ncols} columns", path)
+    return header, [fields[c::ncols] for c in range(ncols)]
+
+
+def _resolve(path: Path, names: list[bytes], idx: list[bytes], image: list[bytes] | None,
+             seq_index: dict[str, int], lengths: Sequence[int], line_offset: int) -> PatchRefs:
+    lookup = {k.encode(): v for k, v in seq_index.items()}
+    try:
+        seq = np.fromiter((lookup[n.strip()] for n in names), dtype=np.int64, count=len(names))
+    except KeyError as e:
+        bad = e.args[0].decode(errors="replace")
+        line = names.index(e.args[0]) + line_offset
+        raise BadInputError(f"line {line}: sequence {bad!r} is not in the split's test set", path) from None
+    try:
+        ix = np.array(idx, dtype=np.int64) if idx else np.zeros(0, np.int64)
+        im = np.array(image, dtype=np.int64) if image else np.zeros(len(names), np.int64)
+    except ValueError:
+        raise BadInputError("non-integer image or patch index", path) from None
+    n = np.asarray(lengths, dtype=np.int64)[seq]
+    bad = np.flatnonzero((ix < 0) | (ix >= n))
+    if len(bad):
+        b = int(bad[0])
+        raise BadInputError(
+            f"line {b + line_offset}: patch index {ix[b]} is beyond the {n[b]} patches of "
+            f"{list(seq_index)[seq[b]]}", path)
+    bad = np.flatnonzero((im < 0) | (im > 5))
+    if len(bad):
+        b = int(bad[0])
+        raise BadInputError(f"line {b + line_offset}: image id {im[b]} is not in 0..5", path)
+    return PatchRefs(seq, im, ix)
+
+
+def read_pair_file(path: str | Path, seq_index: dict[str, int], lengths: Sequence[int]) -> tuple[PatchRefs, PatchRefs]:
+    """A verification file (``s1,t1,idx1,s2,t2,idx2``) as two row-aligned :class:`PatchRefs`.
+
+    Duplicate rows are kept, as the official code keeps them."""
+    path = Path(path)
+    _, (s1, t1, i1, s2, t2, i2) = _split_fields(path, 6)
+    a = _resolve(path, s1, i1, t1, seq_index, lengths, 2)
+    b = _resolve(path, s2, i2, t2, seq_index, lengths, 2)
+    return a, b
+
+
+def read_patch_list(path: str | Path, seq_index: dict[str, int], lengths: Sequence[int]) -> PatchRefs:
+    """A retrieval file (``s,idx``, reference patches) as :class:`PatchRefs`."""
+    path = Path(path)
+    _, (s, i) = _split_fields(path, 2)
+    return _resolve(path, s, i, None, seq_index, lengths, 2)
+
+
+def task_file(tasks_dir: str | Path, kind: str, split: str) -> Path:
+    """Path of a task file, e.g. ``kind='verif_pos'`` -> ``verif_pos_split-a.csv``."""
+    return Path(tasks_dir) / f"{kind}_split-{split}.csv"
+
+
+def descriptor_folder_sequences(root: str | Path) -> list[str]:
+    """Names of the sequence folders under a descriptor tree (for messages and listings)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+
+def write_descriptor_csv(path: str | Path, arr: NDArray[np.floating]) -> None:
+    """Write one descriptor CSV in the format of the official extraction scripts
+    (``%10.5f``, comma-separated), atomically. Shape: (N, D)."""
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.asarray(arr), fmt="%10.5f", delimiter=",")
