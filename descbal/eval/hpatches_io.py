@@ -271,54 +271,138 @@ class PatchRefs:
     idx: NDArray[np.int64]
 
 
-def _split_fields(path: Path, ncols: int) -> tuple[list[bytes], list[list[bytes]]]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataMissingError("task file not found", path) from None
-    except OSError as e:
-        raise BadInputError(f"cannot read: {e.strerror}", path) from None
-    lines = raw.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise BadInputError("empty task file", path)
-    header = lines[0].split(b",")
-    if len(header) != ncols:
-        raise BadInputError(f"header has {len(header)} columns, expected {ncols}", path)
-    body = lines[1:]
-    fields = b",".join(body).split(b",") if body else []
-    if len(fields) != ncols * len(body):
-        bad = next(i for i, ln in enumerate(body) if ln.count(b",") != ncols - 1)
-        raise BadInputError(f"line {bad + 2} does not have {ncols} columns", path)
-    return header, [fields[c::ncols] for c in range(ncols)]
+class _Columns:
+    """The fields of a regular comma-separated file, located by vectorised byte scanning.
+
+    ``starts[c]``/``ends[c]`` are (M,) byte offsets of column c's fields in ``buf``.
+    """
+
+    def __init__(self, path: Path, ncols: int) -> None:
+        self.path = path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise DataMissingError("task file not found", path) from None
+        except OSError as e:
+            raise BadInputError(f"cannot read: {e.strerror}", path) from None
+        if b"\r" in raw:
+            raw = raw.replace(b"\r", b"")
+        lines_blank = raw.startswith(b"\n") or b"\n\n" in raw
+        if lines_blank:  # blank lines are skipped, as pandas skips them
+            raw = b"\n".join(ln for ln in raw.split(b"\n") if ln.strip())
+        if not raw.strip():
+            raise BadInputError("empty task file", path)
+        if not raw.endswith(b"\n"):
+            raw += b"\n"
+        head_end = raw.index(b"\n")
+        header = raw[:head_end].split(b",")
+        if len(header) != ncols:
+            raise BadInputError(f"header has {len(header)} columns, expected {ncols}", path)
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        seps = np.flatnonzero((buf == ord(",")) | (buf == ord("\n")))
+        seps = seps[seps > head_end]
+        nrows = len(seps) // ncols
+        is_nl = buf[seps] == ord("\n")
+        expected = np.zeros(len(seps), dtype=bool)
+        expected[ncols - 1 :: ncols] = True
+        if len(seps) != nrows * ncols or not np.array_equal(is_nl, expected):
+            bad_line = self._first_irregular_line(raw, ncols)
+            raise BadInputError(f"line {bad_line} does not have {ncols} columns", path)
+        grid = seps.reshape(nrows, ncols)
+        prev = np.empty_like(grid)
+        prev[:, 1:] = grid[:, :-1] + 1
+        prev[0, 0] = head_end + 1
+        prev[1:, 0] = grid[:-1, -1] + 1
+        self.buf = buf
+        self.nrows = nrows
+        self.starts = [prev[:, c] for c in range(ncols)]
+        self.ends = [grid[:, c] for c in range(ncols)]
+
+    @staticmethod
+    def _first_irregular_line(raw: bytes, ncols: int) -> int:
+        for i, ln in enumerate(raw.split(b"\n")[1:], start=2):
+            if ln.count(b",") != ncols - 1 and ln.strip():
+                return i
+        return 0
+
+    def _padded(self, c: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M, width) bytes of column c, zero-padded, and the field lengths."""
+        length = self.ends[c] - self.starts[c]
+        pos = self.starts[c][:, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < length[:, None]
+        return np.where(valid, self.buf[np.minimum(pos, len(self.buf) - 1)], 0).astype(np.uint8), length
+
+    def ints(self, c: int) -> NDArray[np.int64]:
+        """Column c as non-negative integers; BadInputError naming the first bad line."""
+        if self.nrows == 0:
+            return np.zeros(0, np.int64)
+        length = self.ends[c] - self.starts[c]
+        width = int(length.max())
+        digits, length = self._padded(c, max(width, 1))
+        valid = np.arange(digits.shape[1])[None, :] < length[:, None]
+        d = digits.astype(np.int64) - ord("0")
+        bad = np.flatnonzero(((valid & ((d < 0) | (d > 9))).any(axis=1)) | (length == 0) | (length > 18))
+        if len(bad):
+            # Python's int() also accepts surrounding spaces; anything else is an error.
+            fields = [bytes(self.buf[self.starts[c][i] : self.ends[c][i]]) for i in bad]
+            try:
+                fixed = [int(f) for f in fields]
+            except ValueError:
+                i = int(bad[[j for j, f in enumerate(fields) if not f.strip().isdigit()][0]])
+                raise BadInputError(f"line {i + 2}: not an integer", self.path) from None
+        out = np.zeros(self.nrows, dtype=np.int64)
+        for k in range(digits.shape[1]):  # Horner's rule over the digit columns
+            out = np.where(valid[:, k], out * 10 + d[:, k], out)
+        if len(bad):
+            out[bad] = fixed
+        return out
+
+    def names(self, c: int) -> tuple[NDArray[np.int64], list[bytes]]:
+        """Column c as codes into a list of distinct byte strings."""
+        if self.nrows == 0:
+            return np.zeros(0, np.int64), []
+        width = int((self.ends[c] - self.starts[c]).max())
+        mat, length = self._padded(c, max(width, 1))
+        # A 64-bit hash per field (its bytes read as 8-byte words), then a check that equal
+        # hashes mean equal bytes.
+        width8 = -(-mat.shape[1] // 8) * 8
+        words = np.zeros((len(mat), width8), np.uint8)
+        words[:, : mat.shape[1]] = mat
+        words = words.view("<u8")
+        h = length.astype(np.uint64)
+        for k in range(words.shape[1]):
+            h = h * np.uint64(1099511628211) + words[:, k]
+        uniq, first, codes = np.unique(h, return_index=True, return_inverse=True)
+        if not np.array_equal(mat, mat[first][codes]):
+            full = [bytes(r[: n]) for r, n in zip(mat, length, strict=True)]
+            table = {v: i for i, v in enumerate(dict.fromkeys(full))}
+            return np.array([table[v] for v in full], np.int64), list(table)
+        return codes.reshape(-1).astype(np.int64), [bytes(mat[i, : length[i]]) for i in first]
 
 
-def _resolve(path: Path, names: list[bytes], idx: list[bytes], image: list[bytes] | None,
-             seq_index: dict[str, int], lengths: Sequence[int], line_offset: int) -> PatchRefs:
-    lookup = {k.encode(): v for k, v in seq_index.items()}
-    try:
-        seq = np.fromiter((lookup[n.strip()] for n in names), dtype=np.int64, count=len(names))
-    except KeyError as e:
-        bad = e.args[0].decode(errors="replace")
-        line = names.index(e.args[0]) + line_offset
-        raise BadInputError(f"line {line}: sequence {bad!r} is not in the split's test set", path) from None
-    try:
-        ix = np.array(idx, dtype=np.int64) if idx else np.zeros(0, np.int64)
-        im = np.array(image, dtype=np.int64) if image else np.zeros(len(names), np.int64)
-    except ValueError:
-        raise BadInputError("non-integer image or patch index", path) from None
+def _resolve(path: Path, cols: _Columns, name_col: int, idx_col: int, image_col: int | None,
+             seq_index: dict[str, int], lengths: Sequence[int]) -> PatchRefs:
+    codes, uniq = cols.names(name_col)
+    lookup = np.array([seq_index.get(u.decode(errors="replace"), -1) for u in uniq], dtype=np.int64)
+    seq = lookup[codes] if len(codes) else np.zeros(0, np.int64)
+    missing = np.flatnonzero(seq < 0)
+    if len(missing):
+        b = int(missing[0])
+        name = uniq[codes[b]].decode(errors="replace")
+        raise BadInputError(f"line {b + 2}: sequence {name!r} is not in the split's test set", path)
+    ix = cols.ints(idx_col)
+    im = cols.ints(image_col) if image_col is not None else np.zeros(len(seq), np.int64)
     n = np.asarray(lengths, dtype=np.int64)[seq]
     bad = np.flatnonzero((ix < 0) | (ix >= n))
     if len(bad):
         b = int(bad[0])
         raise BadInputError(
-            f"line {b + line_offset}: patch index {ix[b]} is beyond the {n[b]} patches of "
+            f"line {b + 2}: patch index {ix[b]} is beyond the {n[b]} patches of "
             f"{list(seq_index)[seq[b]]}", path)
     bad = np.flatnonzero((im < 0) | (im > 5))
     if len(bad):
         b = int(bad[0])
-        raise BadInputError(f"line {b + line_offset}: image id {im[b]} is not in 0..5", path)
+        raise BadInputError(f"line {b + 2}: image id {im[b]} is not in 0..5", path)
     return PatchRefs(seq, im, ix)
 
 
@@ -327,17 +411,15 @@ def read_pair_file(path: str | Path, seq_index: dict[str, int], lengths: Sequenc
 
     Duplicate rows are kept, as the official code keeps them."""
     path = Path(path)
-    _, (s1, t1, i1, s2, t2, i2) = _split_fields(path, 6)
-    a = _resolve(path, s1, i1, t1, seq_index, lengths, 2)
-    b = _resolve(path, s2, i2, t2, seq_index, lengths, 2)
-    return a, b
+    cols = _Columns(path, 6)
+    return (_resolve(path, cols, 0, 2, 1, seq_index, lengths),
+            _resolve(path, cols, 3, 5, 4, seq_index, lengths))
 
 
 def read_patch_list(path: str | Path, seq_index: dict[str, int], lengths: Sequence[int]) -> PatchRefs:
     """A retrieval file (``s,idx``, reference patches) as :class:`PatchRefs`."""
     path = Path(path)
-    _, (s, i) = _split_fields(path, 2)
-    return _resolve(path, s, i, None, seq_index, lengths, 2)
+    return _resolve(path, _Columns(path, 2), 0, 1, None, seq_index, lengths)
 
 
 def task_file(tasks_dir: str | Path, kind: str, split: str) -> Path:
