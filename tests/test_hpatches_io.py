@@ -49,8 +49,8 @@ def test_real_split_a_retrieval_files_index(shared_data: Path) -> None:
     d = read_patch_list(task_file(tasks, "retr_distractors", "a"), index, big)
     assert len(q.idx) == 10_000 and len(d.idx) == 20_000
     assert np.all(q.image == 0) and np.all(d.image == 0)
-    qs = set(zip(q.seq.tolist(), q.idx.tolist()))
-    ds = set(zip(d.seq.tolist(), d.idx.tolist()))
+    qs = set(zip(q.seq.tolist(), q.idx.tolist(), strict=True))
+    ds = set(zip(d.seq.tolist(), d.idx.tolist(), strict=True))
     assert len(qs) == 10_000 and len(ds) == 20_000 and not qs & ds
     assert set(q.seq.tolist()) == set(d.seq.tolist()) == set(range(40))
     per_seq = np.bincount(d.seq, minlength=40)
@@ -73,7 +73,7 @@ def test_csv_parse_matches_official_float32(tmp_path: Path) -> None:
     f = tmp_path / "d.csv"
     write_descriptor_csv(f, x)
     text = f.read_text().splitlines()[0]
-    assert text.split(",")[0] == "%10.5f" % x[0, 0]
+    assert text.split(",")[0] == f"{x[0, 0]:10.5f}"
     got = parse_descriptor_csv(f)
     assert got.dtype == np.float32
     # parsed as float64, then cast: the official reader's float32 values

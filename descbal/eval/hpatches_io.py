@@ -325,59 +325,55 @@ class _Columns:
                 return i
         return 0
 
-    def _padded(self, c: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(M, width) bytes of column c, zero-padded, and the field lengths."""
-        length = self.ends[c] - self.starts[c]
-        pos = self.starts[c][:, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < length[:, None]
-        return np.where(valid, self.buf[np.minimum(pos, len(self.buf) - 1)], 0).astype(np.uint8), length
+    def _byte(self, c: int, k: int) -> NDArray[np.uint8]:
+        """Byte k of every field of column c (0 past the field's end). Shape: (M,)."""
+        pos = self.starts[c] + k
+        return np.where(pos < self.ends[c], self.buf[np.minimum(pos, len(self.buf) - 1)], 0).astype(np.uint8)
 
     def ints(self, c: int) -> NDArray[np.int64]:
         """Column c as non-negative integers; BadInputError naming the first bad line."""
         if self.nrows == 0:
             return np.zeros(0, np.int64)
         length = self.ends[c] - self.starts[c]
-        width = int(length.max())
-        digits, length = self._padded(c, max(width, 1))
-        valid = np.arange(digits.shape[1])[None, :] < length[:, None]
-        d = digits.astype(np.int64) - ord("0")
-        bad = np.flatnonzero(((valid & ((d < 0) | (d > 9))).any(axis=1)) | (length == 0) | (length > 18))
+        out = np.zeros(self.nrows, dtype=np.int64)
+        bad_mask = (length == 0) | (length > 18)
+        for k in range(min(int(length.max()), 19)):  # Horner's rule over the digit columns
+            valid = k < length
+            d = self._byte(c, k).astype(np.int64) - ord("0")
+            bad_mask |= valid & ((d < 0) | (d > 9))
+            out = np.where(valid, out * 10 + d, out)
+        bad = np.flatnonzero(bad_mask)
         if len(bad):
             # Python's int() also accepts surrounding spaces; anything else is an error.
             fields = [bytes(self.buf[self.starts[c][i] : self.ends[c][i]]) for i in bad]
-            try:
-                fixed = [int(f) for f in fields]
-            except ValueError:
-                i = int(bad[[j for j, f in enumerate(fields) if not f.strip().isdigit()][0]])
-                raise BadInputError(f"line {i + 2}: not an integer", self.path) from None
-        out = np.zeros(self.nrows, dtype=np.int64)
-        for k in range(digits.shape[1]):  # Horner's rule over the digit columns
-            out = np.where(valid[:, k], out * 10 + d[:, k], out)
-        if len(bad):
-            out[bad] = fixed
+            for i, f in zip(bad, fields, strict=True):
+                try:
+                    out[i] = int(f)
+                except ValueError:
+                    raise BadInputError(f"line {i + 2}: not an integer", self.path) from None
         return out
 
     def names(self, c: int) -> tuple[NDArray[np.int64], list[bytes]]:
         """Column c as codes into a list of distinct byte strings."""
         if self.nrows == 0:
             return np.zeros(0, np.int64), []
-        width = int((self.ends[c] - self.starts[c]).max())
-        mat, length = self._padded(c, max(width, 1))
-        # A 64-bit hash per field (its bytes read as 8-byte words), then a check that equal
-        # hashes mean equal bytes.
-        width8 = -(-mat.shape[1] // 8) * 8
-        words = np.zeros((len(mat), width8), np.uint8)
-        words[:, : mat.shape[1]] = mat
-        words = words.view("<u8")
+        length = self.ends[c] - self.starts[c]
+        width = max(int(length.max()), 1)
+        # The field's bytes packed into 8-byte words, hashed to one 64-bit key; equal keys are
+        # then checked to hold equal words.
+        words = np.zeros((self.nrows, -(-width // 8)), dtype=np.uint64)
+        for k in range(width):
+            words[:, k // 8] |= self._byte(c, k).astype(np.uint64) << np.uint64(8 * (k % 8))
         h = length.astype(np.uint64)
-        for k in range(words.shape[1]):
-            h = h * np.uint64(1099511628211) + words[:, k]
-        uniq, first, codes = np.unique(h, return_index=True, return_inverse=True)
-        if not np.array_equal(mat, mat[first][codes]):
-            full = [bytes(r[: n]) for r, n in zip(mat, length, strict=True)]
-            table = {v: i for i, v in enumerate(dict.fromkeys(full))}
-            return np.array([table[v] for v in full], np.int64), list(table)
-        return codes.reshape(-1).astype(np.int64), [bytes(mat[i, : length[i]]) for i in first]
+        for j in range(words.shape[1]):
+            h = h * np.uint64(1099511628211) + words[:, j]
+        _, first, codes = np.unique(h, return_index=True, return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+        if np.array_equal(words, words[first][codes]):
+            return codes, [bytes(self.buf[self.starts[c][i] : self.ends[c][i]]) for i in first]
+        full = [bytes(self.buf[a:b]) for a, b in zip(self.starts[c], self.ends[c], strict=True)]
+        table = {v: i for i, v in enumerate(dict.fromkeys(full))}
+        return np.array([table[v] for v in full], np.int64), list(table)
 
 
 def _resolve(path: Path, cols: _Columns, name_col: int, idx_col: int, image_col: int | None,
