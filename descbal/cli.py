@@ -183,10 +183,161 @@ def _not_yet(name: str, what: str) -> None:
         raise typer.Exit(1)
 
 
-_not_yet("download", "Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable")
-_not_yet("cache", "Convert raw datasets into HDF5 patch caches")
 _not_yet("train", "Train 128-d descriptors (HyNet + Self-TNet balance loss and annealing)")
 _not_yet("extract", "Keypoints + descriptors for a folder of images (hloc/COLMAP files)")
+
+
+# ------------------------------------------------------------------------------ download
+
+download_app = typer.Typer(help="Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable.",
+                           no_args_is_help=True)
+app.add_typer(download_app, name="download")
+
+RootOpt = Annotated[Path | None, typer.Option("--root", help="Data folder (default: $DESCBAL_HOME or ~/.cache/descbal).")]
+MirrorOpt = Annotated[list[str] | None,
+                      typer.Option("--mirror", help="Archive URL tried before the built-in mirrors (repeatable).")]
+ChecksumOpt = Annotated[str | None, typer.Option("--checksum", help="sha256:HEX or md5:HEX, overriding the built-in value.")]
+FromFileOpt = Annotated[Path | None, typer.Option("--from-file", help="Ingest an archive fetched some other way.")]
+KeepOpt = Annotated[bool, typer.Option("--keep-archive", help="Keep the archive after extraction.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds before a stalled connection is retried.")]
+
+
+class Part(str, Enum):
+    patches = "patches"
+    sequences = "sequences"
+    tasks = "tasks"
+    all = "all"
+
+
+def _run_fetch(files: list, root: Path | None, mirror: list[str] | None, checksum: str | None, from_file: Path | None,
+               keep_archive: bool, timeout: float, json_out: str | None, quiet: bool) -> None:
+    from rich.table import Table
+
+    from descbal.console import byte_progress, emit_json, stderr
+    from descbal.data.download import fetch
+    from descbal.data.paths import default_root
+
+    root = root if root is not None else default_root()
+    with byte_progress(quiet) as progress:
+        results = fetch(files, root, extra_mirrors=mirror or (), checksum=checksum, from_file=from_file,
+                        keep_archive=keep_archive, progress=progress, timeout=timeout)
+    if not quiet:
+        t = Table(title=f"Downloads under {root}")
+        for col in ("file", "status", "size (MB)", "sha256"):
+            t.add_column(col)
+        for r in results:
+            status = "already downloaded" if r["skipped"] else ("resumed, verified" if r["resumed"] else "downloaded")
+            if not r.get("verified", True):
+                status += " (no known checksum: recorded in manifest.json)"
+            t.add_row(r["key"], status, f"{r['size'] / 1e6:.1f}", r["sha256"][:16] + "...")
+        stderr.print(t)
+        if all(r["skipped"] for r in results):
+            stderr.print("Everything was already downloaded; nothing to do.")
+    emit_json({"root": str(root), "files": results}, json_out)
+
+
+@download_app.command("brown")
+@handle_errors
+def download_brown(
+    names: Annotated[list[str], typer.Argument(help="liberty, notredame, yosemite, *_harris, or all.")],
+    root: RootOpt = None, mirror: MirrorOpt = None, checksum: ChecksumOpt = None, from_file: FromFileOpt = None,
+    keep_archive: KeepOpt = False, timeout: TimeoutOpt = 30.0, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Brown / UBC PhotoTour patch sets (CTU mirror first, then the historic hosts)."""
+    from descbal.data.sources import brown_files
+
+    _run_fetch(brown_files(names), root, mirror, checksum, from_file, keep_archive, timeout, json_out, quiet)
+
+
+@download_app.command("hpatches")
+@handle_errors
+def download_hpatches(
+    part: Annotated[Part, typer.Option("--part", help="Which part of HPatches.")] = Part.all,
+    root: RootOpt = None, mirror: MirrorOpt = None, checksum: ChecksumOpt = None, from_file: FromFileOpt = None,
+    keep_archive: KeepOpt = False, timeout: TimeoutOpt = 30.0, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """HPatches: the patches release, the sequences release and the benchmark task files."""
+    from descbal.data.sources import hpatches_files
+
+    _run_fetch(hpatches_files(part.value), root, mirror, checksum, from_file, keep_archive, timeout, json_out, quiet)
+
+
+# ------------------------------------------------------------------------------ cache
+
+cache_app = typer.Typer(help="Convert raw datasets into HDF5 patch caches (idempotent, atomic).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Rebuild even if an up-to-date cache exists.")]
+
+
+def _report_cache(results: list[dict], json_out: str | None, quiet: bool) -> None:
+    from descbal.console import emit_json, stderr
+
+    if not quiet:
+        for r in results:
+            what = "up to date, skipped" if r.get("skipped") else f"written in {r.get('seconds', 0):.1f} s"
+            stderr.print(f"{r['path']}: {what}")
+    emit_json(results if len(results) != 1 else results[0], json_out)
+
+
+@cache_app.command("brown")
+@handle_errors
+def cache_brown_cmd(
+    names: Annotated[list[str], typer.Argument(help="liberty, notredame, yosemite, *_harris, or all.")],
+    root: RootOpt = None, overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Brown raw folders (ROOT/brown/NAME) into ROOT/brown/NAME.h5 (patches, labels, pairs)."""
+    from descbal.console import task_progress
+    from descbal.data.brown import cache_brown
+    from descbal.data.paths import default_root
+    from descbal.data.sources import BROWN_NAMES, brown_files
+    from descbal.errors import DataMissingError
+
+    root = root if root is not None else default_root()
+    if names == ["all"]:
+        chosen = [n for n in BROWN_NAMES if (root / "brown" / n).is_dir()]
+        if not chosen:
+            raise DataMissingError("no downloaded Brown set under brown/; run 'descbal download brown' first", root)
+    else:
+        chosen = [f.key.split("/", 1)[1] for f in brown_files(names)]
+    results = []
+    with task_progress(quiet) as progress:
+        for name in chosen:
+            results.append(cache_brown(name, root, overwrite=overwrite, progress=progress))
+    _report_cache(results, json_out, quiet)
+
+
+@cache_app.command("hpatches")
+@handle_errors
+def cache_hpatches_cmd(
+    root: RootOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default ROOT/hpatches/hpatches.h5).")] = None,
+    overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """The HPatches patches release into one HDF5 file; task files copied beside it."""
+    from descbal.console import task_progress
+    from descbal.data.hpatches_data import cache_hpatches
+    from descbal.data.paths import default_root
+
+    root = root if root is not None else default_root()
+    with task_progress(quiet) as progress:
+        result = cache_hpatches(root, out=out, overwrite=overwrite, progress=progress)
+    _report_cache([result], json_out, quiet)
+
+
+@cache_app.command("sequences")
+@handle_errors
+def cache_sequences_cmd(
+    src: Annotated[Path, typer.Argument(help="Folder of sequences (1..6.ppm|png, H_1_2..H_1_6).")],
+    out: Annotated[Path, typer.Option("--out", help="Output HDF5 file.")],
+    overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Image sequences with homographies into one HDF5 file."""
+    from descbal.console import task_progress
+    from descbal.data.sequences import cache_sequences
+
+    with task_progress(quiet) as progress:
+        result = cache_sequences(src, out, overwrite=overwrite, progress=progress)
+    _report_cache([result], json_out, quiet)
 
 
 def main() -> None:

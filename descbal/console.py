@@ -57,3 +57,26 @@ def emit_json(doc: Any, target: str | None) -> None:
         sys.stdout.flush()
     else:
         write_text_atomic(Path(target), text)
+
+
+@contextlib.contextmanager
+def byte_progress(quiet: bool = False) -> Iterator[Any]:
+    """Yield a ``progress(name, done_bytes, total_bytes_or_None)`` callback with rich download
+    bars (bytes, speed, ETA), one per file name."""
+    if quiet or not stderr.is_terminal:
+        yield lambda name, done, total: None
+        return
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    bars: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=stderr,
+    ) as prog:
+
+        def update(name: str, done: int, total: int | None) -> None:
+            if name not in bars:
+                bars[name] = prog.add_task(name, total=total)
+            prog.update(bars[name], completed=done, total=total)
+
+        yield update

@@ -1,10 +1,11 @@
-"""Shared test helpers: the path of the real data beside the checkout."""
+"""Shared test helpers: the real data beside the checkout, and a local HTTP server fixture."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from local_server import server  # noqa: F401  (the fault-injecting 127.0.0.1 HTTP server fixture)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

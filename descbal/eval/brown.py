@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from descbal.data.brown import read_pairs_file
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.metrics import Fpr95Definition, fpr95
 
@@ -35,23 +36,10 @@ def read_pairs(path: str | Path) -> tuple[NDArray[np.int64], NDArray[np.int64], 
         if pairs.ndim != 2 or pairs.shape[1] != 3:
             raise BadInputError(f"'pairs' must have shape (M, 3), got {pairs.shape}", path)
         return pairs[:, 0].copy(), pairs[:, 1].copy(), (pairs[:, 2] != 0).astype(np.int64)
-    try:
-        rows = [ln.split() for ln in path.read_text(encoding="ascii").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"cannot read pairs file ({e})", path) from None
-    if not rows:
+    pairs = read_pairs_file(path)
+    if len(pairs) == 0:
         raise BadInputError("empty pairs file", path)
-    bad = next((i for i, r in enumerate(rows) if len(r) != 7), None)
-    if bad is not None:
-        raise BadInputError(f"line {bad + 1} has {len(rows[bad])} columns, expected 7", path)
-    try:
-        id1 = np.array([int(r[0]) for r in rows], dtype=np.int64)
-        id2 = np.array([int(r[3]) for r in rows], dtype=np.int64)
-    except ValueError:
-        raise BadInputError("non-integer patch id", path) from None
-    # torchvision compares the 3D point ids as strings.
-    labels = np.array([r[1] == r[4] for r in rows], dtype=np.int64)
-    return id1, id2, labels
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), pairs[:, 2].copy()
 
 
 def load_patch_descriptors(path: str | Path) -> NDArray[np.float32]:

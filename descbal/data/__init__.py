@@ -1,0 +1,1 @@
+"""Datasets: download (Brown/UBC PhotoTour, HPatches) and HDF5 patch caches."""
