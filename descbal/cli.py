@@ -97,25 +97,51 @@ def _print_tables(tables: list, quiet: bool) -> None:
 @eval_app.command("hpatches")
 @handle_errors
 def eval_hpatches(
-    descriptors: Annotated[Path, typer.Option("--descriptors", "-d",
-                                              help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")],
-    tasks: Annotated[Path, typer.Option("--tasks", "-t", help="Folder with splits/splits.json and the task CSVs.")],
+    tasks: Annotated[Path | None, typer.Option("--tasks", "-t", help="Folder with splits/splits.json and the task CSVs "
+                                                                     "(default with --patches: tasks/ beside it).")] = None,
+    descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
+                                                     help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, run folder or published weights.")] = None,
+    patches: Annotated[Path | None, typer.Option("--patches", help="HPatches cache .h5 (descbal cache hpatches).")] = None,
+    export_csv: Annotated[Path | None, typer.Option("--export-csv", help="With --model: also write official CSVs here.")]
+    = None,
     split: Annotated[str, typer.Option(help="Split name: a, b, c, full, illum, view, ...")] = "a",
     task: Annotated[list[Task] | None, typer.Option("--task", help="Task to run (repeatable; default: all three).")] = None,
     dist: Annotated[Dist, typer.Option("--dist", help="Descriptor distance.")] = Dist.L2,
     delimiter: Annotated[str, typer.Option(help="CSV delimiter of the descriptor files.")] = ",",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the binary descriptor cache.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (with --model).")] = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """HPatches verification / matching / retrieval, exactly the official Python protocol."""
     from descbal.console import emit_json, task_progress
+    from descbal.errors import BadInputError
     from descbal.eval.hpatches import TASKS, evaluate_hpatches
     from descbal.eval.hpatches_io import get_split, load_descriptors
     from descbal.eval.report import hpatches_tables
 
+    if (model is None) == (descriptors is None):
+        raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
+    if tasks is None:
+        if patches is None:
+            raise BadInputError("--tasks DIR is required")
+        tasks = patches.parent / "tasks"
     spl = get_split(tasks, split)
-    desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
+    if model is not None:
+        if patches is None:
+            raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
+        from descbal.eval.model_eval import export_csv as write_csvs
+        from descbal.eval.model_eval import hpatches_descriptors
+        from descbal.models import load
+        from descbal.train.trainer import resolve_device
+
+        dev = resolve_device(device)
+        desc = hpatches_descriptors(load(model).to(dev), patches, spl["test"], device=dev)
+        if export_csv is not None:
+            write_csvs(desc, export_csv)
+    else:
+        desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
     chosen = [t.value for t in task] if task else list(TASKS)
     with task_progress(quiet) as progress:
         result = evaluate_hpatches(desc, tasks, split, chosen, dist.value, progress=progress)
@@ -126,21 +152,37 @@ def eval_hpatches(
 @eval_app.command("brown")
 @handle_errors
 def eval_brown(
-    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="m50_*.txt pairs file, or a Brown cache .h5 with 'pairs'.")],
-    descriptors: Annotated[Path, typer.Option("--descriptors", "-d",
-                                              help="Per-patch descriptors: .npy (N, D) or .h5 with 'descriptors'.")],
+    pairs: Annotated[Path | None, typer.Option("--pairs", "-p", help="m50_*.txt pairs file, or a Brown cache .h5.")] = None,
+    descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
+                                                     help="Per-patch descriptors: .npy (N, D) or .h5 'descriptors'.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, run folder or published weights.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Brown cache .h5 (patches + pairs) for --model.")] = None,
     definition: Annotated[FprDef, typer.Option("--fpr", help="FPR95 definition.")] = FprDef.hardnet,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (with --model).")] = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Brown / UBC PhotoTour FPR at 95 % recall."""
+    """Brown / UBC PhotoTour FPR at 95 % recall: --pairs + --descriptors, or --model + --data."""
     from descbal.console import emit_json
+    from descbal.errors import BadInputError
     from descbal.eval.brown import evaluate_brown, load_patch_descriptors, read_pairs
     from descbal.eval.report import brown_table
 
-    id1, id2, labels = read_pairs(pairs)
-    desc = load_patch_descriptors(descriptors)
-    result = evaluate_brown(desc, id1, id2, labels, definition.value, source=pairs)
+    if model is not None:
+        if data is None or pairs is not None or descriptors is not None:
+            raise BadInputError("--model needs --data SET.h5 (and no --pairs/--descriptors)")
+        from descbal.data.patchset import load_patchset
+        from descbal.eval.model_eval import evaluate_brown_model
+        from descbal.models import load
+        from descbal.train.trainer import resolve_device
+
+        dev = resolve_device(device)
+        result = evaluate_brown_model(load(model).to(dev), load_patchset(data), definition.value, device=dev)
+    else:
+        if pairs is None or descriptors is None:
+            raise BadInputError("give --pairs and --descriptors, or --model and --data")
+        id1, id2, labels = read_pairs(pairs)
+        result = evaluate_brown(load_patch_descriptors(descriptors), id1, id2, labels, definition.value, source=pairs)
     _print_tables([brown_table(result)], quiet)
     emit_json(result, json_out)
 
@@ -183,7 +225,6 @@ def _not_yet(name: str, what: str) -> None:
         raise typer.Exit(1)
 
 
-_not_yet("train", "Train 128-d descriptors (HyNet + Self-TNet balance loss and annealing)")
 _not_yet("extract", "Keypoints + descriptors for a folder of images (hloc/COLMAP files)")
 
 
@@ -338,6 +379,66 @@ def cache_sequences_cmd(
     with task_progress(quiet) as progress:
         result = cache_sequences(src, out, overwrite=overwrite, progress=progress)
     _report_cache([result], json_out, quiet)
+
+
+# ------------------------------------------------------------------------------ train
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (config, logs, checkpoints, model).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with the run configuration.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe (see --list-recipes).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Training cache (.h5 with patches, labels).")] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly.")] = None,
+    list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the shipped recipes and exit.")] = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a descriptor. Precedence: defaults < --recipe < --config < --set < --data/--val."""
+    from descbal.config import load_config
+    from descbal.console import emit_json, stderr, train_progress
+    from descbal.errors import BadInputError
+    from descbal.recipes import recipe_names, recipe_text
+    from descbal.train.config import RunConfig
+    from descbal.train.trainer import resume_run, start_run
+
+    if list_recipes:
+        for name in recipe_names():
+            typer.echo(name)
+        return
+    if resume is not None:
+        if config or recipe or set_ or data or val:
+            raise BadInputError("--resume continues a run with its own config; drop the other options")
+        trainer = resume_run(resume)
+    else:
+        if out is None:
+            raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        sources: list = ([recipe_text(recipe)] if recipe else []) + ([config] if config else [])
+        overrides = list(set_ or [])
+        if data is not None:
+            overrides.append(f'data.train="{data.resolve()}"')
+        if val is not None:
+            overrides.append(f'data.val="{val.resolve()}"')
+        trainer = start_run(load_config(RunConfig, sources, overrides), out)
+    if not quiet:
+        stderr.print(f"run folder {trainer.run_dir}; device {trainer.device}; step "
+                     f"{trainer.epoch * trainer.cfg.loop.iters_per_epoch + trainer.iteration}/{trainer.total_steps}")
+    try:
+        with train_progress(quiet) as progress:
+            summary = trainer.fit(progress=progress)
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
+        raise typer.Exit(130) from None
+    if not quiet:
+        for rec in summary.get("validation", []):
+            if rec["val_fpr95"] is not None:
+                stderr.print(f"epoch {rec['epoch']}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
+        stderr.print(f"model written to {summary['model']}")
+    emit_json(summary, json_out)
 
 
 def main() -> None:

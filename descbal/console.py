@@ -80,3 +80,25 @@ def byte_progress(quiet: bool = False) -> Iterator[Any]:
             prog.update(bars[name], completed=done, total=total)
 
         yield update
+
+
+@contextlib.contextmanager
+def train_progress(quiet: bool = False) -> Iterator[Any]:
+    """Yield a ``progress(step, total, stats)`` callback showing loss, lr, patches/s and ETA."""
+    if quiet or not stderr.is_terminal:
+        yield lambda step, total, stats: None
+        return
+    with Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:,.0f} patches/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
+    ) as prog:
+        task = prog.add_task("train", total=None, loss=float("nan"), lr=0.0, speed=0.0)
+
+        def update(step: int, total: int, stats: dict) -> None:
+            fields = {"loss": stats.get("loss", float("nan")), "lr": stats.get("lr", 0.0)}
+            if "patches_per_s" in stats:
+                fields["speed"] = stats["patches_per_s"]
+            prog.update(task, completed=step, total=total, **fields)
+
+        yield update

@@ -57,7 +57,7 @@ def test_help_lists_all_groups() -> None:
 
 
 def test_not_yet_commands_say_so() -> None:
-    res = run("train", "--config", "x.toml")
+    res = run("extract", "images", "--model", "x")
     assert res.exit_code == 1
     assert "not available yet" in res.output
 

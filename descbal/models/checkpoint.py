@@ -1,0 +1,132 @@
+"""Checkpoints: a file alone rebuilds the model.
+
+descbal checkpoints are ``torch.save`` dictionaries holding only tensors and plain values
+(``descbal_format``, ``arch``, ``config``, ``input_scale``, ``state_dict`` and optional extra
+metadata), always read with ``torch.load(weights_only=True)``: no pickled code is executed.
+
+:func:`load` also reads published weights of other projects and recognises the architecture
+from the state-dict keys: TFeat ``.params`` files, and the key layouts of the HardNet, HyNet and
+SOSNet releases (optionally wrapped in ``{"state_dict": ...}`` and with DataParallel ``module.``
+prefixes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import descbal.models.hardnet  # noqa: F401  (registers hardnet, sosnet)
+import descbal.models.hynet  # noqa: F401
+import descbal.models.tfeat  # noqa: F401
+from descbal.errors import BadInputError, DataMissingError
+from descbal.fileio import atomic_path
+from descbal.models.registry import build_model
+
+FORMAT = 1
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "S_state_dict", "net")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> None:
+    """Write ``model`` (a registered architecture) and ``extra`` metadata atomically."""
+    doc = {
+        "descbal_format": FORMAT,
+        "arch": model.arch,  # type: ignore[attr-defined]
+        "config": dict(model.config),  # type: ignore[attr-defined]
+        "input_scale": float(model.input_scale),  # type: ignore[attr-defined]
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(doc, tmp)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A model file, or a run folder's ``model.pt`` (else its ``checkpoints/last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "model.pt", path / "checkpoints" / "last.pt"):
+            if cand.is_file():
+                return cand
+        raise DataMissingError("run folder holds neither model.pt nor checkpoints/last.pt", path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary, read safely (``weights_only=True``)."""
+    path = resolve_path(path)
+    if not path.is_file():
+        raise DataMissingError("model file not found", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign or damaged files
+        raise BadInputError(f"not a readable PyTorch weights file ({type(e).__name__}: {str(e)[:120]})", path) from None
+    if not isinstance(obj, Mapping):
+        raise BadInputError(f"expected a state dict or checkpoint dictionary, got {type(obj).__name__}", path)
+    return dict(obj)
+
+
+def _unwrap(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    for key in _WRAPPERS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return _unwrap(obj[key])
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def recognise(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """Architecture name and constructor config from a foreign state dict's keys.
+
+    Raises:
+        ValueError: the layout is none of TFeat, HardNet, HyNet, SOSNet.
+    """
+    keys = set(state_dict)
+    if {"descr.0.weight", "features.1.weight", "features.4.weight"} <= keys:
+        return "tfeat", {}
+    if {"layer1.0.weight", "layer1.2.weight", "layer7.1.weight"} <= keys:
+        return "hynet", {"dim": int(state_dict["layer7.1.weight"].shape[0])}
+    if {"features.0.weight", "features.19.weight"} <= keys and state_dict["features.0.weight"].shape[-1] == 3:
+        return "hardnet", {"dim": int(state_dict["features.19.weight"].shape[0])}
+    if {"layers.1.weight", "layers.20.weight"} <= keys:
+        return "sosnet", {"dim": int(state_dict["layers.20.weight"].shape[0])}
+    sample = ", ".join(sorted(keys)[:4])
+    raise ValueError(f"unrecognised state-dict layout (keys {sample}, ...)")
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild a model from a descbal checkpoint or run folder, or a published state dict.
+
+    The model comes back in training mode (call ``.eval()`` to describe patches); its
+    ``input_scale`` attribute is the multiplier for uint8 intensities.
+    """
+    obj = read_checkpoint(path)
+    if obj.get("descbal_format") is not None:
+        if obj["descbal_format"] > FORMAT:
+            raise BadInputError(f"checkpoint format {obj['descbal_format']} is newer than this descbal", path)
+        try:
+            model = build_model(str(obj["arch"]), **dict(obj.get("config", {})))
+        except (ValueError, TypeError) as e:
+            raise BadInputError(str(e), path) from None
+        state = obj["state_dict"]
+        scale = obj.get("input_scale")
+    else:
+        state = _unwrap(obj)
+        try:
+            arch, config = recognise(state)
+        except ValueError as e:
+            raise BadInputError(str(e), path) from None
+        model = build_model(arch, **config)
+        scale = None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # BatchNorm's num_batches_tracked is absent from old releases; anything else is an error.
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise BadInputError(f"weights do not fit {model.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}", path)
+    if scale is not None:
+        model.input_scale = float(scale)  # type: ignore[assignment]
+    return model

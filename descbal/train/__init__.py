@@ -1,0 +1,1 @@
+"""Training engine: batch sampling, on-device augmentation, optimisation, checkpoints."""

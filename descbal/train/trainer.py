@@ -1,0 +1,283 @@
+"""The training loop: sampling, on-device augmentation, AMP, checkpoints and exact resume.
+
+A run folder holds ``config.toml`` (the resolved configuration), ``environment.json``
+(versions, git commit, device), ``metrics.jsonl`` (one JSON object per logged step and per
+validation), ``checkpoints/last.pt`` (+ one per epoch) and, at the end, ``model.pt``.
+
+Determinism: batch ``i`` of epoch ``e`` and its augmentation are pure functions of
+``(seed, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
+every step, so a run resumed from any checkpoint -- per epoch or written on Ctrl-C -- continues
+exactly as the uninterrupted run (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import descbal
+import descbal.losses.triplet  # noqa: F401  (registers the baseline loss)
+from descbal.config import dump_toml, load_config, to_dict
+from descbal.data.patchset import PatchSet, load_patchset
+from descbal.errors import BadInputError
+from descbal.eval.model_eval import evaluate_brown_model
+from descbal.fileio import atomic_path, write_text_atomic
+from descbal.losses.registry import build_loss
+from descbal.models import build_model
+from descbal.models.checkpoint import FORMAT, read_checkpoint
+from descbal.train.augment import apply_augment, identity_params, sample_params
+from descbal.train.config import RunConfig
+from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
+from descbal.train.sampler import ClassBatchSampler
+
+#: ``progress(step, total_steps, info)`` is called after every step.
+TrainProgress = Callable[[int, int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, git commit and device of this run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(descbal.__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "descbal": descbal.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "git_commit": commit,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "cpu_threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63)
+
+
+class Trainer:
+    """One training run in ``run_dir`` (see the module docstring).
+
+    Args:
+        cfg: resolved configuration.
+        run_dir: output folder (created).
+        train_set: patches (N, 64, 64) uint8 with labels; ``val_set``: with ``pairs``.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, train_set: PatchSet, val_set: PatchSet | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.loop.device)
+        self.train_set = train_set
+        self.val_set = val_set
+        torch.manual_seed(cfg.loop.seed)  # the initial weights derive from the seed too
+        try:
+            self.model = build_model(cfg.model.name, **cfg.model.params).to(self.device)
+            self.loss = build_loss(cfg.loss.name, **cfg.loss.params)
+        except (ValueError, TypeError) as e:
+            raise BadInputError(f"config: {e}") from None
+        if self.device.type == "cuda" and cfg.loop.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step_model: nn.Module = torch.compile(self.model) if cfg.loop.compile else self.model
+        self.optimizer = make_optimizer(self.model, cfg.optim, cfg.schedule.lr_max)
+        self.sampler = ClassBatchSampler(train_set.labels, cfg.loop.classes_per_batch, cfg.loop.npos, cfg.loop.seed)
+        self.patches = torch.from_numpy(train_set.patches).to(self.device)
+        self.labels = torch.from_numpy(train_set.labels).to(self.device)
+        self.epoch = 0
+        self.iteration = 0
+        self._stop = False
+
+    # ------------------------------------------------------------------ persistence
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.loop.epochs * self.cfg.loop.iters_per_epoch
+
+    def _checkpoint_doc(self) -> dict[str, Any]:
+        return {
+            "descbal_format": FORMAT, "arch": self.model.arch, "config": dict(self.model.config),
+            "input_scale": float(self.model.input_scale),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
+            "run_config": dump_toml(to_dict(self.cfg)),
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        """Write the training state (model, optimiser, position) atomically."""
+        path = self.run_dir / "checkpoints" / name
+        with atomic_path(path) as tmp:
+            torch.save(self._checkpoint_doc(), tmp)
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore model, optimiser and position from a checkpoint written by :meth:`save`."""
+        doc = read_checkpoint(path)
+        if "optimizer" not in doc:
+            raise BadInputError("not a training checkpoint (no optimiser state)", path)
+        self.model.load_state_dict(doc["state_dict"])
+        self.optimizer.load_state_dict(doc["optimizer"])
+        self.epoch, self.iteration = int(doc["epoch"]), int(doc["iteration"])
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ one step
+
+    def _batch_inputs(self, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.sampler.batch(epoch, it)
+        class_pos = _class_positions(b.labels)
+        idx = torch.from_numpy(b.indices).to(self.device)
+        patches = self.patches.index_select(0, idx)
+        if self.cfg.loop.augment:
+            rng = np.random.default_rng([self.cfg.loop.seed, epoch, it, 1])
+            params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=patches.shape[-1])
+        else:
+            params = identity_params(len(idx), patches.shape[-1], self.cfg.augment.out_size)
+        x = apply_augment(patches, params, self.cfg.augment.out_size) * float(self.model.input_scale * 255.0)
+        if self.device.type == "cuda" and self.cfg.loop.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, idx)
+
+    def step(self, epoch: int, it: int) -> dict[str, float]:
+        """Run one optimisation step; returns its statistics."""
+        step = epoch * self.cfg.loop.iters_per_epoch + it
+        lr, beta1 = schedule_at(self.cfg.schedule, step, self.total_steps)
+        set_lr_beta1(self.optimizer, lr, beta1)
+        torch.manual_seed(_step_seed(self.cfg.loop.seed, step))
+        x, labels = self._batch_inputs(epoch, it)
+        self.model.train()
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+               if self.device.type == "cuda" and self.cfg.loop.bf16 else nullcontext())
+        with amp:
+            out = self.loss(self.step_model, x, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        return {"loss": float(out.loss.detach()), "lr": lr, "patches": float(len(labels)), **out.stats}
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> float | None:
+        """FPR95 (HardNet definition) on the validation pairs, or None without a set."""
+        vs = self.val_set
+        if vs is None or vs.pairs is None:
+            return None
+        return evaluate_brown_model(self.model, vs, max_pairs=self.cfg.data.val_pairs, device=self.device)["fpr95"]
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, progress: TrainProgress | None = None, stop_after: int | None = None) -> dict[str, Any]:
+        """Train from the current position to the end (or until Ctrl-C / ``stop_after`` steps).
+
+        On Ctrl-C the current step finishes, ``checkpoints/last.pt`` is written and
+        KeyboardInterrupt is raised.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg.loop
+        start = time.perf_counter()
+        done_here = 0
+        window_t, window_n = time.perf_counter(), 0.0
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self._stop = True
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not in the main thread
+            previous = None
+        history: list[dict[str, Any]] = []
+        try:
+            while self.epoch < cfg.epochs:
+                while self.iteration < cfg.iters_per_epoch:
+                    stats = self.step(self.epoch, self.iteration)
+                    self.iteration += 1
+                    done_here += 1
+                    window_n += stats["patches"]
+                    step = self.epoch * cfg.iters_per_epoch + self.iteration
+                    if step % cfg.log_every == 0 or self.iteration == cfg.iters_per_epoch:
+                        now = time.perf_counter()
+                        stats["patches_per_s"] = window_n / max(now - window_t, 1e-9)
+                        window_t, window_n = now, 0.0
+                        self._log({"step": step, "epoch": self.epoch, **stats})
+                    if progress is not None:
+                        progress(step, self.total_steps, stats)
+                    if self._stop or (stop_after is not None and done_here >= stop_after):
+                        self.save()
+                        if self._stop:
+                            raise KeyboardInterrupt
+                        return {"stopped": True, "steps": step}
+                self.epoch += 1
+                self.iteration = 0
+                fpr = self.validate()
+                rec = {"epoch": self.epoch, "val_fpr95": fpr}
+                history.append(rec)
+                self._log(rec)
+                self.save()
+                self.save(f"epoch_{self.epoch:03d}.pt")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        from descbal.models.checkpoint import save_checkpoint
+
+        save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)))
+        return {"stopped": False, "steps": self.total_steps, "seconds": time.perf_counter() - start,
+                "validation": history, "model": str(self.run_dir / "model.pt")}
+
+
+def _class_positions(labels: np.ndarray) -> np.ndarray:
+    """Position of each patch's class in a batch whose classes are contiguous. Shape: (B,)."""
+    change = np.ones(len(labels), dtype=bool)
+    change[1:] = labels[1:] != labels[:-1]
+    return np.cumsum(change) - 1
+
+
+def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
+    """Create a run folder (resolved config, environment) and a trainer at step 0."""
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise BadInputError("run folder already holds a run; use --resume to continue it", run_dir)
+    if not cfg.data.train:
+        raise BadInputError("no training data: give --data or set data.train")
+    train = load_patchset(cfg.data.train)
+    val = load_patchset(cfg.data.val) if cfg.data.val else None
+    trainer = Trainer(cfg, run_dir, train, val)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
+    write_text_atomic(run_dir / "environment.json", json.dumps(environment(trainer.device), indent=2) + "\n")
+    return trainer
+
+
+def resume_run(run_dir: str | Path) -> Trainer:
+    """A trainer restored from ``run_dir/checkpoints/last.pt`` with the run's own config."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise BadInputError("no checkpoints/last.pt to resume from", run_dir)
+    cfg = load_config(RunConfig, run_dir / "config.toml")
+    train = load_patchset(cfg.data.train)
+    val = load_patchset(cfg.data.val) if cfg.data.val else None
+    trainer = Trainer(cfg, run_dir, train, val)
+    trainer.load_state(ckpt)
+    return trainer
