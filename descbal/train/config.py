@@ -24,6 +24,7 @@ class ModelConfig:
 
     name: str = "hynet"
     params: dict[str, Any] = field(default_factory=dict)
+    init: str = ""  # start from these weights (a checkpoint, run folder or published weights)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,26 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class AnnealConfig:
+    """Self-TNet stage 2 (self-tnet.md §4): run after the main stage when enabled."""
+
+    enabled: bool = False
+    start_batch: int = 2944
+    min_batch: int = 1024
+    step: int = 128
+    threshold: float = -0.10
+    threshold_step: float = 0.05
+    lr: float = 1.5e-6
+    lr_factor: float = 0.75
+    iters: int = 1400  # per cycle
+    npos: int = 2  # pairs, as the authors' stage-2 command runs
+    B: float = 4.25  # fixed boundary
+    R: float = 1.0
+    pct_start: float = 0.6  # flat part of each cycle's flat-then-cosine schedule
+    div_final: float = 1e5
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs, resolved and written beside its outputs."""
 
@@ -62,3 +83,4 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    anneal: AnnealConfig = field(default_factory=AnnealConfig)

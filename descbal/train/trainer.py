@@ -4,8 +4,11 @@ A run folder holds ``config.toml`` (the resolved configuration), ``environment.j
 (versions, git commit, device), ``metrics.jsonl`` (one JSON object per logged step and per
 validation), ``checkpoints/last.pt`` (+ one per epoch) and, at the end, ``model.pt``.
 
-Determinism: batch ``i`` of epoch ``e`` and its augmentation are pure functions of
-``(seed, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
+A run is a list of *phases* run in order, each with its own loss, batch shape, length, schedule
+and a fresh optimiser: the main stage, then (``anneal.enabled``) one phase per annealing cycle.
+
+Determinism: batch ``i`` of epoch ``e`` of phase ``p`` and its augmentation are pure functions
+of ``(seed, p, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
 every step, so a run resumed from any checkpoint -- per epoch or written on Ctrl-C -- continues
 exactly as the uninterrupted run (bit for bit on CPU).
 """
@@ -19,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,14 @@ from descbal.data.patchset import PatchSet, load_patchset
 from descbal.errors import BadInputError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
+from descbal.losses.balance import AnnealLoss
 from descbal.losses.registry import build_loss
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, read_checkpoint
+from descbal.train.anneal import annealing_schedule
 from descbal.train.augment import apply_augment, identity_params, sample_params
 from descbal.train.config import RunConfig
-from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
+from descbal.train.optim import ScheduleConfig, make_optimizer, schedule_at, set_lr_beta1
 from descbal.train.sampler import ClassBatchSampler
 
 #: ``progress(step, total_steps, info)`` is called after every step.
@@ -75,6 +81,45 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63)
 
 
+@dataclass
+class Phase:
+    """A stretch of training with one loss, batch shape, schedule and optimiser."""
+
+    name: str
+    loss: Any
+    classes_per_batch: int
+    npos: int
+    epochs: int
+    iters_per_epoch: int
+    schedule: ScheduleConfig
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.iters_per_epoch
+
+
+def build_phases(cfg: RunConfig) -> list[Phase]:
+    """The main stage (if ``loop.epochs`` > 0) followed by the annealing cycles (if enabled)."""
+    try:
+        phases = []
+        if cfg.loop.epochs > 0:
+            phases.append(Phase("main", build_loss(cfg.loss.name, **cfg.loss.params), cfg.loop.classes_per_batch,
+                                cfg.loop.npos, cfg.loop.epochs, cfg.loop.iters_per_epoch, cfg.schedule))
+        a = cfg.anneal
+        if a.enabled:
+            for c in annealing_schedule(a.start_batch, a.min_batch, a.step, a.threshold, a.threshold_step, a.lr,
+                                        a.lr_factor, a.iters):
+                sched = ScheduleConfig(kind="flat_cos", lr_max=c.lr, pct_start=a.pct_start, div_final=a.div_final,
+                                       beta1=cfg.optim.betas[0])
+                phases.append(Phase(f"anneal{c.index:02d}", AnnealLoss(c.threshold, a.B, a.R), c.batch_size, a.npos,
+                                    1, c.iters, sched))
+    except (ValueError, TypeError) as e:
+        raise BadInputError(f"config: {e}") from None
+    if not phases:
+        raise BadInputError("config: nothing to train (loop.epochs = 0 and annealing disabled)")
+    return phases
+
+
 class Trainer:
     """One training run in ``run_dir`` (see the module docstring).
 
@@ -93,32 +138,60 @@ class Trainer:
         torch.manual_seed(cfg.loop.seed)  # the initial weights derive from the seed too
         try:
             self.model = build_model(cfg.model.name, **cfg.model.params).to(self.device)
-            self.loss = build_loss(cfg.loss.name, **cfg.loss.params)
         except (ValueError, TypeError) as e:
             raise BadInputError(f"config: {e}") from None
+        if cfg.model.init:
+            self._init_from(cfg.model.init)
+        self.phases = build_phases(cfg)
         if self.device.type == "cuda" and cfg.loop.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model: nn.Module = torch.compile(self.model) if cfg.loop.compile else self.model
-        self.optimizer = make_optimizer(self.model, cfg.optim, cfg.schedule.lr_max)
-        self.sampler = ClassBatchSampler(train_set.labels, cfg.loop.classes_per_batch, cfg.loop.npos, cfg.loop.seed)
         self.patches = torch.from_numpy(train_set.patches).to(self.device)
         self.labels = torch.from_numpy(train_set.labels).to(self.device)
+        self.phase = 0
         self.epoch = 0
         self.iteration = 0
         self._stop = False
+        self._enter_phase()
+
+    def _init_from(self, path: str) -> None:
+        from descbal.models import load
+
+        src = load(path)
+        if type(src) is not type(self.model):
+            raise BadInputError(f"model.init holds a {src.arch}, the run trains a {self.model.arch}", path)
+        self.model.load_state_dict(src.state_dict())
+
+    def _enter_phase(self) -> None:
+        """Sampler and a fresh optimiser for the current phase."""
+        ph = self.phases[self.phase]
+        try:
+            self.sampler = ClassBatchSampler(self.train_set.labels, ph.classes_per_batch, ph.npos,
+                                             self.cfg.loop.seed + 1_000_003 * self.phase)
+        except ValueError as e:
+            raise BadInputError(f"phase {ph.name}: {e}") from None
+        self.optimizer = make_optimizer(self.model, self.cfg.optim, ph.schedule.lr_max)
 
     # ------------------------------------------------------------------ persistence
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.loop.epochs * self.cfg.loop.iters_per_epoch
+        return sum(p.steps for p in self.phases)
+
+    @property
+    def global_step(self) -> int:
+        """Steps done so far over all phases."""
+        ph = self.phases[self.phase] if self.phase < len(self.phases) else None
+        done = sum(p.steps for p in self.phases[: self.phase])
+        return done + (self.epoch * ph.iters_per_epoch + self.iteration if ph else 0)
 
     def _checkpoint_doc(self) -> dict[str, Any]:
         return {
             "descbal_format": FORMAT, "arch": self.model.arch, "config": dict(self.model.config),
             "input_scale": float(self.model.input_scale),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(), "phase": self.phase, "epoch": self.epoch,
+            "iteration": self.iteration,
             "run_config": dump_toml(to_dict(self.cfg)),
         }
 
@@ -135,8 +208,10 @@ class Trainer:
         if "optimizer" not in doc:
             raise BadInputError("not a training checkpoint (no optimiser state)", path)
         self.model.load_state_dict(doc["state_dict"])
-        self.optimizer.load_state_dict(doc["optimizer"])
-        self.epoch, self.iteration = int(doc["epoch"]), int(doc["iteration"])
+        self.phase, self.epoch, self.iteration = int(doc.get("phase", 0)), int(doc["epoch"]), int(doc["iteration"])
+        if self.phase < len(self.phases):
+            self._enter_phase()
+            self.optimizer.load_state_dict(doc["optimizer"])
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -150,7 +225,7 @@ class Trainer:
         idx = torch.from_numpy(b.indices).to(self.device)
         patches = self.patches.index_select(0, idx)
         if self.cfg.loop.augment:
-            rng = np.random.default_rng([self.cfg.loop.seed, epoch, it, 1])
+            rng = np.random.default_rng([self.cfg.loop.seed, self.phase, epoch, it, 1])
             params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=patches.shape[-1])
         else:
             params = identity_params(len(idx), patches.shape[-1], self.cfg.augment.out_size)
@@ -160,17 +235,18 @@ class Trainer:
         return x, self.labels.index_select(0, idx)
 
     def step(self, epoch: int, it: int) -> dict[str, float]:
-        """Run one optimisation step; returns its statistics."""
-        step = epoch * self.cfg.loop.iters_per_epoch + it
-        lr, beta1 = schedule_at(self.cfg.schedule, step, self.total_steps)
+        """Run one optimisation step of the current phase; returns its statistics."""
+        ph = self.phases[self.phase]
+        lr, beta1 = schedule_at(ph.schedule, epoch * ph.iters_per_epoch + it, ph.steps)
         set_lr_beta1(self.optimizer, lr, beta1)
+        step = sum(p.steps for p in self.phases[: self.phase]) + epoch * ph.iters_per_epoch + it
         torch.manual_seed(_step_seed(self.cfg.loop.seed, step))
         x, labels = self._batch_inputs(epoch, it)
         self.model.train()
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.device.type == "cuda" and self.cfg.loop.bf16 else nullcontext())
         with amp:
-            out = self.loss(self.step_model, x, labels)
+            out = ph.loss(self.step_model, x, labels)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -209,18 +285,19 @@ class Trainer:
             previous = None
         history: list[dict[str, Any]] = []
         try:
-            while self.epoch < cfg.epochs:
-                while self.iteration < cfg.iters_per_epoch:
+            while self.phase < len(self.phases):
+                ph = self.phases[self.phase]
+                while self.iteration < ph.iters_per_epoch:
                     stats = self.step(self.epoch, self.iteration)
                     self.iteration += 1
                     done_here += 1
                     window_n += stats["patches"]
-                    step = self.epoch * cfg.iters_per_epoch + self.iteration
-                    if step % cfg.log_every == 0 or self.iteration == cfg.iters_per_epoch:
+                    step = self.global_step
+                    if step % cfg.log_every == 0 or self.iteration == ph.iters_per_epoch:
                         now = time.perf_counter()
                         stats["patches_per_s"] = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0.0
-                        self._log({"step": step, "epoch": self.epoch, **stats})
+                        self._log({"step": step, "phase": ph.name, "epoch": self.epoch, **stats})
                     if progress is not None:
                         progress(step, self.total_steps, stats)
                     if self._stop or (stop_after is not None and done_here >= stop_after):
@@ -230,12 +307,17 @@ class Trainer:
                         return {"stopped": True, "steps": step}
                 self.epoch += 1
                 self.iteration = 0
-                fpr = self.validate()
-                rec = {"epoch": self.epoch, "val_fpr95": fpr}
+                finished = self.epoch
+                rec = {"phase": ph.name, "epoch": finished, "step": self.global_step, "val_fpr95": self.validate()}
                 history.append(rec)
                 self._log(rec)
+                if self.epoch == ph.epochs:  # the phase is over: the checkpoint starts the next one
+                    self.phase += 1
+                    self.epoch = 0
+                    if self.phase < len(self.phases):
+                        self._enter_phase()
                 self.save()
-                self.save(f"epoch_{self.epoch:03d}.pt")
+                self.save(f"{ph.name}_epoch_{finished:03d}.pt")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
