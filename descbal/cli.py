@@ -441,6 +441,46 @@ def train_cmd(
     emit_json(summary, json_out)
 
 
+@cache_app.command("images")
+@handle_errors
+def cache_images_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Output patch pool (.h5, Brown schema + holdout).")],
+    detector: Annotated[str, typer.Option(help="sift (DoG), orb or akaze.")] = "sift",
+    max_keypoints: Annotated[int, typer.Option(help="Keypoints per photo, strongest first.")] = 300,
+    views: Annotated[int, typer.Option(help="Views per keypoint (the photo itself plus random homographies).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
+    holdout: Annotated[float, typer.Option(help="Fraction of photos held out for the FPR95 pairs.")] = 0.1,
+    overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Self-supervised training patches from any photos: keypoints, random homographies,
+    photometric changes and detector noise; held-out pairs for FPR95."""
+    from descbal.console import emit_json, stderr, task_progress
+    from descbal.data.selfsup import PoolConfig, cache_images
+    from descbal.errors import BadInputError
+    from descbal.geometry import PatchGeometry
+
+    try:
+        cfg = PoolConfig(seed=seed, detector=detector, max_keypoints=max_keypoints, views=views,
+                         geometry=PatchGeometry(mag=mag), holdout_fraction=holdout)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
+    if views < 2:
+        raise BadInputError("--views must be at least 2")
+    with task_progress(quiet) as progress:
+        result = cache_images(folder, out, cfg, overwrite=overwrite, progress=progress)
+    if not quiet:
+        if result["skipped"]:
+            stderr.print(f"{out}: up to date, skipped")
+        else:
+            for s in result["skipped_images"]:
+                stderr.print(f"skipped {s['path']}: {s['reason']}")
+            stderr.print(f"{out}: {result['num_patches']} patches of {result['num_classes']} keypoints from "
+                         f"{result['images'] - len(result['skipped_images'])} photos, {result['num_pairs']} held-out pairs")
+    emit_json(result, json_out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

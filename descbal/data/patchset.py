@@ -5,6 +5,7 @@ File layout (one HDF5 file per set)::
     patches  uint8  (N, H, W)  chunked (1024, H, W), uncompressed
     labels   int64  (N,)       class of each patch (Brown: the 3D point id)
     pairs    int64  (M, 3)     optional: (patch_id_1, patch_id_2, is_match), is_match in {0, 1}
+    holdout  uint8  (N,)       optional: 1 for patches reserved for evaluation (never trained on)
     attrs    name, num_patches, format, and whatever the writer adds (source_sha256, ...)
 
 Caches built by :mod:`descbal.data` are idempotent: each stores the SHA-256 of its raw input's
@@ -58,6 +59,8 @@ class PatchSet:
         pairs: (M, 3) int64 rows ``(patch_id_1, patch_id_2, is_match)`` with 0-based patch ids
             and ``is_match`` in {0, 1}, or None.
         name: a short name such as ``"liberty"``.
+        holdout: optional (N,) bool, True for patches reserved for evaluation pairs; training
+            never samples them.
 
     Raises:
         BadInputError: wrong dtypes, shapes, pair ids out of range or match flags not 0/1.
@@ -67,6 +70,7 @@ class PatchSet:
     labels: NDArray[np.int64]
     pairs: NDArray[np.int64] | None = None
     name: str = ""
+    holdout: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         p = self.patches
@@ -79,6 +83,10 @@ class PatchSet:
         if self.pairs is not None:
             self.pairs = _int64(self.pairs, "pairs")
             check_pairs(self.pairs, n)
+        if self.holdout is not None:
+            self.holdout = np.asarray(self.holdout).astype(bool)
+            if self.holdout.shape != (n,):
+                raise BadInputError(f"holdout must have shape ({n},), got {self.holdout.shape}")
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
@@ -159,6 +167,7 @@ def load_patchset(path: str | Path) -> PatchSet:
             patches = _read_dataset(h5, "patches", path)
             labels = _read_dataset(h5, "labels", path)
             pairs = _read_dataset(h5, "pairs", path) if "pairs" in h5 else None
+            holdout = _read_dataset(h5, "holdout", path) if "holdout" in h5 else None
             name = h5.attrs.get("name", path.stem)
     except OSError as e:
         raise BadInputError(f"not a readable HDF5 file ({e})", path) from None
@@ -170,7 +179,9 @@ def load_patchset(path: str | Path) -> PatchSet:
     if pairs is not None:
         pairs = _int64(pairs, "'pairs'", path)
         check_pairs(pairs, len(patches), path)
-    return PatchSet(patches, labels, pairs, str(name))
+    if holdout is not None and holdout.shape != (len(patches),):
+        raise BadInputError(f"'holdout' must have shape ({len(patches)},), got {holdout.shape}", path)
+    return PatchSet(patches, labels, pairs, str(name), None if holdout is None else holdout.astype(bool))
 
 
 def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | None = None,
@@ -200,6 +211,8 @@ def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | No
         h5.create_dataset("labels", data=ps.labels)
         if ps.pairs is not None:
             h5.create_dataset("pairs", data=ps.pairs)
+        if ps.holdout is not None:
+            h5.create_dataset("holdout", data=ps.holdout.astype(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,11 +37,15 @@ class ClassBatchSampler:
         num_classes: classes per batch.
         npos: patches per class.
         seed: the seed every draw derives from.
+        usable: optional (N,) bool; patches marked False are never drawn (held-out data).
     """
 
-    def __init__(self, labels: NDArray[np.integer], num_classes: int, npos: int, seed: int) -> None:
+    def __init__(self, labels: NDArray[np.integer], num_classes: int, npos: int, seed: int,
+                 usable: NDArray[np.bool_] | None = None) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         order = np.argsort(labels, kind="stable")
+        if usable is not None:
+            order = order[np.asarray(usable, dtype=bool)[order]]
         uniq, start, count = np.unique(labels[order], return_index=True, return_counts=True)
         if num_classes > len(uniq):
             raise ValueError(f"batch of {num_classes} classes, but the data have only {len(uniq)}")

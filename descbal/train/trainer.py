@@ -166,8 +166,9 @@ class Trainer:
         """Sampler and a fresh optimiser for the current phase."""
         ph = self.phases[self.phase]
         try:
+            usable = None if self.train_set.holdout is None else ~self.train_set.holdout
             self.sampler = ClassBatchSampler(self.train_set.labels, ph.classes_per_batch, ph.npos,
-                                             self.cfg.loop.seed + 1_000_003 * self.phase)
+                                             self.cfg.loop.seed + 1_000_003 * self.phase, usable)
         except ValueError as e:
             raise BadInputError(f"phase {ph.name}: {e}") from None
         self.optimizer = make_optimizer(self.model, self.cfg.optim, ph.schedule.lr_max)

@@ -1,0 +1,299 @@
+"""Self-supervised patch datasets from any folder of photos (``descbal cache images``).
+
+From every photo: keypoints from a detector (OpenCV SIFT / DoG by default), then for every
+keypoint several *views*: the photo itself and random homographies of it (rotation, zoom,
+perspective), each with a photometric change (gain, gamma, blur, noise). The keypoint is carried
+into each view through the homography and then *re-detected with noise* -- position, scale and
+orientation jitter like a real detector's -- and the view's 64x64 patch is sampled at that
+geometry (``descbal.geometry``; anti-aliased from an image pyramid, the view rendered implicitly
+through the inverse homography). Several detections at one location (SIFT's multiple
+orientations) stay separate classes, as in real data: they are the false negatives a loss must
+tolerate.
+
+The result has the Brown cache schema: ``patches``, ``labels`` (one class per keypoint) and
+``pairs``, a 50/50 match / non-match list drawn from the keypoints of held-out photos, whose
+patches are flagged in ``holdout`` and never trained on. Deterministic from the seed;
+unreadable or tiny photos are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from descbal.data.patchset import (
+    PatchSet,
+    cache_attrs,
+    cache_is_current,
+    fingerprint_files,
+    no_progress,
+    write_patchset,
+)
+from descbal.errors import BadInputError, DataMissingError
+from descbal.geometry import PatchGeometry, build_pyramid, patch_affines
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How photos become patches (defaults tuned for 64x64 training patches)."""
+
+    seed: int = 0
+    detector: str = "sift"
+    max_keypoints: int = 300  # per photo, strongest first
+    views: int = 4  # per keypoint, the first being the photo itself
+    patch_size: int = 64
+    geometry: PatchGeometry = field(default_factory=PatchGeometry)
+    max_side: int = 1024  # larger photos are downscaled first
+    min_side: int = 96  # smaller photos are skipped
+    rotation: float = 25.0  # deg, uniform +-
+    zoom: tuple[float, float] = (0.7, 1.4)  # log-uniform
+    perspective: float = 0.08  # corner displacement, fraction of the image side
+    pos_noise: float = 0.04  # detector noise: fraction of the keypoint diameter (std)
+    scale_noise: float = 0.1  # log2 units (std)
+    angle_noise: float = 6.0  # deg (std)
+    gain: tuple[float, float] = (0.7, 1.4)
+    gamma: tuple[float, float] = (0.75, 1.33)
+    blur: float = 1.0  # max Gaussian sigma, patch pixels
+    noise: float = 3.0  # max noise std, grey levels
+    holdout_fraction: float = 0.1  # photos whose keypoints form the evaluation pairs
+    pairs: int = 10000
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by relative POSIX path."""
+    if not folder.is_dir():
+        raise DataMissingError("image folder not found", folder)
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def detect(image: NDArray[np.uint8], detector: str, max_keypoints: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """Keypoints ``(xy (N, 2), size (N,), angle (N,) deg, response (N,))``, strongest first."""
+    if detector == "sift":
+        det = cv2.SIFT_create(nfeatures=max_keypoints)
+    elif detector == "orb":
+        det = cv2.ORB_create(nfeatures=max_keypoints)
+    elif detector == "akaze":
+        det = cv2.AKAZE_create()
+    else:
+        raise BadInputError(f"unknown detector {detector!r}; choose from sift, orb, akaze")
+    kps = det.detect(image, None)
+    kps = sorted(kps, key=lambda k: -k.response)[:max_keypoints]
+    if not kps:
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0)
+    xy = np.array([k.pt for k in kps], np.float64)
+    size = np.array([k.size for k in kps], np.float64)
+    angle = np.array([k.angle if k.angle >= 0 else 0.0 for k in kps], np.float64)
+    resp = np.array([k.response for k in kps], np.float64)
+    return xy, size, angle, resp
+
+
+def random_homography(rng: np.random.Generator, w: int, h: int, cfg: PoolConfig) -> NDArray[np.float64]:
+    """A homography of the image plane onto itself: rotation and zoom about the centre, then a
+    perspective jitter of the corners."""
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    th = math.radians(rng.uniform(-cfg.rotation, cfg.rotation))
+    z = math.exp(rng.uniform(math.log(cfg.zoom[0]), math.log(cfg.zoom[1])))
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) * z
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    moved = (corners - c) @ rot.T + c + rng.uniform(-1, 1, (4, 2)) * cfg.perspective * np.array([w, h])
+    return cv2.getPerspectiveTransform(corners.astype(np.float32), moved.astype(np.float32)).astype(np.float64)
+
+
+def _apply_h(hm: NDArray, pts: NDArray) -> NDArray:
+    q = pts @ hm[:, :2].T + hm[:, 2]
+    return q[..., :2] / q[..., 2:3]
+
+
+def _jacobian(hm: NDArray, pt: NDArray) -> NDArray:
+    """(N, 2, 2) Jacobians of the homography at points (N, 2)."""
+    x, y = pt[:, 0], pt[:, 1]
+    w = hm[2, 0] * x + hm[2, 1] * y + hm[2, 2]
+    u = hm[0, 0] * x + hm[0, 1] * y + hm[0, 2]
+    v = hm[1, 0] * x + hm[1, 1] * y + hm[1, 2]
+    j = np.empty((len(pt), 2, 2))
+    j[:, 0, 0] = (hm[0, 0] * w - u * hm[2, 0]) / w**2
+    j[:, 0, 1] = (hm[0, 1] * w - u * hm[2, 1]) / w**2
+    j[:, 1, 0] = (hm[1, 0] * w - v * hm[2, 0]) / w**2
+    j[:, 1, 1] = (hm[1, 1] * w - v * hm[2, 1]) / w**2
+    return j
+
+
+def _photometric(p: NDArray[np.float32], rng: np.random.Generator, cfg: PoolConfig) -> NDArray[np.uint8]:
+    gain = math.exp(rng.uniform(math.log(cfg.gain[0]), math.log(cfg.gain[1])))
+    gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
+    x = 255.0 * np.power(np.clip(p, 0, 255) / 255.0, gamma) * gain
+    sigma = rng.uniform(0, cfg.blur)
+    if sigma > 0.3:
+        x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
+    x = x + rng.normal(0, rng.uniform(0, cfg.noise), x.shape)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Generator
+                ) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Patches of every keypoint of one photo in every view.
+
+    Returns:
+        ``(patches (M, P, P) uint8, keypoint (M,) int64)``, keypoints numbered from 0; a keypoint
+        keeps only views whose re-detected centre lies inside the view, and needs two.
+    """
+    h, w = image.shape
+    xy, size, angle, _ = detect(image, cfg.detector, cfg.max_keypoints)
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, cfg.patch_size, cfg.patch_size), np.uint8), np.zeros(0, np.int64)
+    pyr = build_pyramid(image)
+    ps = cfg.patch_size
+    g = np.arange(ps, dtype=np.float64)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)  # (P*P, 2) as (u, v)
+    grid_h = np.concatenate([grid, np.ones((len(grid), 1))], 1)
+    patches, owner = [], []
+    for v in range(cfg.views):
+        hm = np.eye(3) if v == 0 else random_homography(rng, w, h, cfg)
+        hinv = np.linalg.inv(hm)
+        c_v = _apply_h(hm, xy)
+        jac = _jacobian(hm, xy)
+        s_j = np.sqrt(np.abs(np.linalg.det(jac)))
+        rot_j = np.degrees(np.arctan2(jac[:, 1, 0] - jac[:, 0, 1], jac[:, 0, 0] + jac[:, 1, 1]))
+        size_v = size * s_j * 2.0 ** rng.normal(0, cfg.scale_noise, n)
+        ang_v = angle + cfg.geometry.angle_sign * rot_j + rng.normal(0, cfg.angle_noise, n)
+        c_v = c_v + rng.normal(0, 1, (n, 2)) * (cfg.pos_noise * size_v)[:, None]
+        inside = (c_v[:, 0] >= 0) & (c_v[:, 0] <= w - 1) & (c_v[:, 1] >= 0) & (c_v[:, 1] <= h - 1)
+        aff = patch_affines(c_v, size_v, ang_v, cfg.geometry, ps)
+        view_rng = np.random.default_rng(rng.integers(2**63))
+        for k in np.flatnonzero(inside):
+            q = grid_h @ aff[k].T  # (P*P, 2) in view coordinates
+            src = _apply_h(hinv, q).astype(np.float32)
+            scale = cfg.geometry.mag * size_v[k] / ps / s_j[k]
+            lv = int(np.clip(np.floor(np.log2(max(scale, 1e-9))), 0, len(pyr) - 1))
+            f = np.float32(1.0 / (1 << lv))
+            raw = cv2.remap(pyr[lv], (src[:, 0] * f).reshape(ps, ps), (src[:, 1] * f).reshape(ps, ps),
+                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            patches.append(raw.astype(np.float32) if v else raw)
+            owner.append(k)
+        if v:
+            for i in range(len(patches) - int(inside.sum()), len(patches)):
+                patches[i] = _photometric(patches[i], view_rng, cfg)
+    owner_a = np.array(owner, np.int64)
+    counts = np.bincount(owner_a, minlength=n)
+    keep = counts[owner_a] >= 2
+    out = np.stack(patches)[keep] if keep.any() else np.zeros((0, ps, ps), np.uint8)
+    return out.astype(np.uint8), owner_a[keep]
+
+
+def _read_gray(path: Path, max_side: int) -> NDArray[np.uint8] | None:
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if img is None:
+        return None
+    side = max(img.shape)
+    if side > max_side:
+        f = max_side / side
+        img = cv2.resize(img, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, rng: np.random.Generator
+           ) -> NDArray[np.int64]:
+    idx = np.flatnonzero(holdout)
+    if len(idx) == 0:
+        return np.zeros((0, 3), np.int64)
+    lab = labels[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    uniq, start, count = np.unique(lab, return_index=True, return_counts=True)
+    multi = np.flatnonzero(count >= 2)
+    half = n_pairs // 2
+    rows = []
+    if len(multi):
+        cls = rng.choice(multi, half)
+        a = rng.integers(0, count[cls])
+        b = (a + rng.integers(1, count[cls])) % count[cls]
+        rows.append(np.stack([idx[start[cls] + a], idx[start[cls] + b], np.ones(half, np.int64)], 1))
+    if len(uniq) >= 2:
+        c1 = rng.integers(0, len(uniq), n_pairs - half)
+        c2 = (c1 + rng.integers(1, len(uniq), n_pairs - half)) % len(uniq)
+        p1 = idx[start[c1] + rng.integers(0, count[c1])]
+        p2 = idx[start[c2] + rng.integers(0, count[c2])]
+        rows.append(np.stack([p1, p2, np.zeros(n_pairs - half, np.int64)], 1))
+    out = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+    return out[rng.permutation(len(out))]
+
+
+def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
+               progress: Callable[[str, int, int], None] | None = None) -> tuple[PatchSet, list[dict[str, str]]]:
+    """Patch set from every photo of ``folder``. Returns the set and the skipped photos
+    (``{"path", "reason"}``)."""
+    folder = Path(folder)
+    progress = progress or no_progress
+    files = list_images(folder)
+    if not files:
+        raise DataMissingError("no image files (jpg, png, ppm, ...) found", folder)
+    rng = np.random.default_rng(cfg.seed)
+    held = rng.random(len(files)) < cfg.holdout_fraction
+    if cfg.holdout_fraction > 0 and not held.any() and len(files) > 1:
+        held[rng.integers(len(files))] = True
+    all_p, all_l, all_h, skipped = [], [], [], []
+    next_label = 0
+    for i, f in enumerate(files):
+        progress("images", i, len(files))
+        img = _read_gray(f, cfg.max_side)
+        rel = f.relative_to(folder).as_posix()
+        if img is None:
+            skipped.append({"path": rel, "reason": "unreadable"})
+            continue
+        if min(img.shape) < cfg.min_side:
+            skipped.append({"path": rel, "reason": f"too small ({img.shape[1]}x{img.shape[0]})"})
+            continue
+        p, k = image_views(img, cfg, np.random.default_rng([cfg.seed, i]))
+        if len(p) == 0:
+            skipped.append({"path": rel, "reason": "no keypoints"})
+            continue
+        all_p.append(p)
+        all_l.append(k + next_label)
+        all_h.append(np.full(len(p), held[i]))
+        next_label += int(k.max()) + 1
+    progress("images", len(files), len(files))
+    if not all_p:
+        raise BadInputError("no usable photo (all unreadable, too small or without keypoints)", folder)
+    patches = np.concatenate(all_p)
+    labels = np.concatenate(all_l)
+    holdout = np.concatenate(all_h)
+    pairs = _pairs(labels, holdout, cfg.pairs, np.random.default_rng([cfg.seed, 99]))
+    return PatchSet(patches, labels, pairs if len(pairs) else None, folder.name, holdout), skipped
+
+
+def config_hash(cfg: PoolConfig) -> str:
+    """A short hash of the pool configuration (part of the cache's identity)."""
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConfig(), *, overwrite: bool = False,
+                 progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Build (or skip, when up to date) the patch pool of a photo folder into ``out`` (HDF5,
+    Brown schema plus ``holdout``). Returns a summary for ``--json``."""
+    folder, out = Path(folder), Path(out)
+    start = time.perf_counter()
+    files = list_images(folder)
+    source = hashlib.sha256((fingerprint_files(files, folder) + config_hash(cfg)).encode()).hexdigest()
+    if not overwrite and cache_is_current(out, source):
+        return {"path": str(out), "skipped": True, "source_sha256": source}
+    ps, skipped = build_pool(folder, cfg, progress)
+    attrs = cache_attrs(folder.name, source, config=json.dumps(asdict(cfg)), skipped=json.dumps(skipped))
+    write_patchset(out, ps, attrs, progress=progress)
+    return {"path": str(out), "skipped": False, "source_sha256": source, "images": len(files),
+            "skipped_images": skipped, "num_patches": len(ps), "num_classes": int(len(np.unique(ps.labels))),
+            "num_pairs": ps.num_pairs, "holdout_patches": int(ps.holdout.sum()) if ps.holdout is not None else 0,
+            "seconds": time.perf_counter() - start}
