@@ -69,13 +69,18 @@ class OptimConfig:
     weight_decay: float = 0.1
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on all parameters except those named ``*.bias``."""
+def make_optimizer(model: nn.Module, cfg: OptimConfig, lr: float,
+                   extra: list[nn.Parameter] | None = None) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on all parameters except those named ``*.bias``.
+
+    ``extra``: trainable parameters outside the model (e.g. a loss's classifier head), decayed.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if name.endswith("bias") else decay).append(p)
+    decay += list(extra or [])
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)
 

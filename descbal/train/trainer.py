@@ -171,7 +171,10 @@ class Trainer:
                                              self.cfg.loop.seed + 1_000_003 * self.phase, usable)
         except ValueError as e:
             raise BadInputError(f"phase {ph.name}: {e}") from None
-        self.optimizer = make_optimizer(self.model, self.cfg.optim, ph.schedule.lr_max)
+        if isinstance(ph.loss, nn.Module):
+            ph.loss.to(self.device)
+        extra = [p for p in ph.loss.parameters() if p.requires_grad] if isinstance(ph.loss, nn.Module) else []
+        self.optimizer = make_optimizer(self.model, self.cfg.optim, ph.schedule.lr_max, extra=extra)
 
     # ------------------------------------------------------------------ persistence
 
@@ -192,9 +195,14 @@ class Trainer:
             "input_scale": float(self.model.input_scale),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "phase": self.phase, "epoch": self.epoch,
-            "iteration": self.iteration,
+            "iteration": self.iteration, "loss_state": self._loss_state(),
             "run_config": dump_toml(to_dict(self.cfg)),
         }
+
+    def _loss_state(self) -> dict[str, Any]:
+        """State of stateful losses (e.g. a memory bank), keyed by phase index."""
+        return {str(i): {k: v.detach().cpu() for k, v in p.loss.state_dict().items()}
+                for i, p in enumerate(self.phases) if isinstance(p.loss, nn.Module)}
 
     def save(self, name: str = "last.pt") -> Path:
         """Write the training state (model, optimiser, position) atomically."""
@@ -210,6 +218,10 @@ class Trainer:
             raise BadInputError("not a training checkpoint (no optimiser state)", path)
         self.model.load_state_dict(doc["state_dict"])
         self.phase, self.epoch, self.iteration = int(doc.get("phase", 0)), int(doc["epoch"]), int(doc["iteration"])
+        for key, state in dict(doc.get("loss_state", {})).items():
+            loss = self.phases[int(key)].loss
+            if isinstance(loss, nn.Module):
+                loss.load_state_dict(state)
         if self.phase < len(self.phases):
             self._enter_phase()
             self.optimizer.load_state_dict(doc["optimizer"])
