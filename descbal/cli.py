@@ -102,7 +102,8 @@ def eval_hpatches(
     descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
                                                      help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, run folder or published weights.")] = None,
-    patches: Annotated[Path | None, typer.Option("--patches", help="HPatches cache .h5 (descbal cache hpatches).")] = None,
+    patches: Annotated[Path | None, typer.Option("--patches", help="HPatches cache .h5 (descbal cache hpatches) "
+                                                                  "or a release folder of PNGs.")] = None,
     export_csv: Annotated[Path | None, typer.Option("--export-csv", help="With --model: also write official CSVs here.")]
     = None,
     split: Annotated[str, typer.Option(help="Split name: a, b, c, full, illum, view, ...")] = "a",
@@ -478,6 +479,65 @@ def cache_images_cmd(
                 stderr.print(f"skipped {s['path']}: {s['reason']}")
             stderr.print(f"{out}: {result['num_patches']} patches of {result['num_classes']} keypoints from "
                          f"{result['images'] - len(result['skipped_images'])} photos, {result['num_pairs']} held-out pairs")
+    emit_json(result, json_out)
+
+
+@app.command("make-benchmark")
+@handle_errors
+def make_benchmark_cmd(
+    sequences: Annotated[Path, typer.Argument(help="Sequences with homographies (1..6.ppm|png, H_1_2..H_1_6).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (patches/ in the HPatches layout, tasks/).")],
+    max_keypoints: Annotated[int, typer.Option(help="Patches per sequence.")] = 1000,
+    split: Annotated[str, typer.Option(help="Name of the split covering all sequences.")] = "full",
+    seed: Annotated[int, typer.Option(help="Seed of the jitter and the task files.")] = 0,
+    json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """An HPatches-format patch benchmark (easy/hard/tough jitter, official task files) from image
+    sequences with ground-truth homographies; score it with 'descbal eval hpatches'."""
+    from descbal.console import emit_json, stderr, task_progress
+    from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
+
+    with task_progress(quiet) as progress:
+        result = make_benchmark(sequences, out, BenchmarkConfig(seed=seed, max_keypoints=max_keypoints, split=split),
+                                progress=progress)
+    if not quiet:
+        for s in result["skipped"]:
+            stderr.print(f"skipped {s['sequence']}: {s['reason']}")
+        stderr.print(f"benchmark written to {out}: {len(result['sequences'])} sequences; evaluate with "
+                     f"'descbal eval hpatches --descriptors DIR --tasks {out / 'tasks'} --split {split}'")
+    emit_json(result, json_out)
+
+
+@app.command("quickstart")
+@handle_errors
+def quickstart_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Working folder (pool, run/model.pt, benchmark).")] = Path(
+        "descbal-quickstart"),
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="Shrink every stage (a smoke test, under a minute).")] = False,
+    json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """No download, a few minutes on a CPU: self-supervised pool from photos shipped with
+    scikit-image, Self-TNet small training, a benchmark from held-out photos, and a comparison
+    of the trained model, the untrained network and SIFT."""
+    from rich.table import Table
+
+    from descbal.console import emit_json, stderr, task_progress
+    from descbal.quickstart import run_quickstart
+
+    with task_progress(quiet) as progress:
+        result = run_quickstart(out, seed=seed, quick=quick, progress=progress,
+                                log=(lambda m: None) if quiet else stderr.print)
+    if not quiet:
+        t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)")
+        for col in ("descriptor", "verification", "matching", "retrieval", "pool FPR95"):
+            t.add_column(col, justify="right")
+        for r in result["rows"]:
+            fpr = "-" if r["fpr95"] is None else f"{100 * r['fpr95']:.2f}"
+            t.add_row(r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
+                      f"{100 * r['retrieval']:.2f}", fpr)
+        stderr.print(t)
+        stderr.print(f"trained model: {result['model']} (use it with 'descbal extract IMAGES --model {result['model']}')")
     emit_json(result, json_out)
 
 

@@ -309,12 +309,15 @@ class _Columns:
             bad_line = self._first_irregular_line(raw, ncols)
             raise BadInputError(f"line {bad_line} does not have {ncols} columns", path)
         grid = seps.reshape(nrows, ncols)
+        self.buf = buf
+        self.nrows = nrows
+        if nrows == 0:
+            self.starts = self.ends = [np.zeros(0, np.int64)] * ncols
+            return
         prev = np.empty_like(grid)
         prev[:, 1:] = grid[:, :-1] + 1
         prev[0, 0] = head_end + 1
         prev[1:, 0] = grid[:-1, -1] + 1
-        self.buf = buf
-        self.nrows = nrows
         self.starts = [prev[:, c] for c in range(ncols)]
         self.ends = [grid[:, c] for c in range(ncols)]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from descbal.data.hpatches_data import load_hpatches_cache
+from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequence
 from descbal.data.patchset import PatchSet
 from descbal.errors import BadInputError
 from descbal.eval.brown import evaluate_brown
@@ -38,8 +38,17 @@ def evaluate_brown_model(model: nn.Module, patchset: PatchSet, definition: Fpr95
 def hpatches_descriptors(model: nn.Module, cache: str | Path, sequences: Sequence[str],
                          device: str | torch.device | None = None) -> HPatchesDescriptors:
     """Describe the 16 patch images of each sequence from an HPatches cache (``descbal cache
-    hpatches``). Returns sequence -> (16, N, D) float32."""
-    patches = load_hpatches_cache(cache, sequences=list(sequences))
+    hpatches``) or a release folder (``<seq>/<type>.png``, e.g. from ``descbal make-benchmark``).
+    Returns sequence -> (16, N, D) float32."""
+    cache = Path(cache)
+    if cache.is_dir():
+        patches = {}
+        for seq in sequences:
+            if (cache / seq).is_dir():
+                imgs = read_hpatches_sequence(cache / seq)
+                patches[seq] = np.stack([imgs[t] for t in TYPES])
+    else:
+        patches = load_hpatches_cache(cache, sequences=list(sequences))
     missing = [s for s in sequences if s not in patches]
     if missing:
         raise BadInputError(f"HPatches cache lacks sequence(s) {', '.join(missing[:5])}", cache)

@@ -1,0 +1,38 @@
+"""Keypoints + descriptors for folders of images: detectors, batched patch sampling,
+describers (networks on the device, or OpenCV on the keypoints) and feature-file writers
+(hloc HDF5, npz, COLMAP text)."""
+
+from descbal.extract.describers import (
+    KEYPOINT_DESCRIPTORS,
+    NetworkDescriber,
+    OpenCVDescriber,
+    load_describer,
+    register_keypoint_descriptor,
+)
+from descbal.extract.detectors import DETECTORS, Keypoints, detect, register_detector
+from descbal.extract.pipeline import ExtractConfig, FeatureExtractor, extract_folder, read_gray
+from descbal.extract.sampling import pyramid_tensors, sample_affine_patches, sample_patches
+from descbal.extract.writers import WRITERS, Features, list_features, open_writer
+
+__all__ = [
+    "DETECTORS",
+    "KEYPOINT_DESCRIPTORS",
+    "WRITERS",
+    "ExtractConfig",
+    "FeatureExtractor",
+    "Features",
+    "Keypoints",
+    "NetworkDescriber",
+    "OpenCVDescriber",
+    "detect",
+    "extract_folder",
+    "list_features",
+    "load_describer",
+    "open_writer",
+    "pyramid_tensors",
+    "read_gray",
+    "register_detector",
+    "register_keypoint_descriptor",
+    "sample_affine_patches",
+    "sample_patches",
+]

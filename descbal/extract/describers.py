@@ -1,0 +1,199 @@
+"""Descriptors of detected keypoints: a network on resampled patches, or OpenCV directly.
+
+* :class:`NetworkDescriber`: the image's pyramid goes to the device once, every keypoint's
+  32x32 patch is sampled there in one batch (:mod:`descbal.extract.sampling`) and the model
+  describes the patches in batches.
+* :class:`OpenCVDescriber`: a classical descriptor (``sift``, ``rootsift``) computed by OpenCV
+  on the keypoints themselves, in OpenCV's own scale space (no resampled patches), as a
+  reference point for the learned models. The geometry's conventions still say how keypoints
+  become OpenCV keypoints (size kind, angle unit and sign, pixel origin, upright); ``mag`` does
+  not apply (OpenCV's SIFT window is about 5.3 x the keypoint size in radius).
+
+:func:`load_describer` turns a ``--model`` value into one of them. A new OpenCV descriptor is one
+function plus one ``@register_keypoint_descriptor`` line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from descbal.errors import BadInputError, DataMissingError
+from descbal.extract.detectors import Keypoints
+from descbal.extract.sampling import pyramid_tensors, sample_patches
+from descbal.geometry import PatchGeometry
+
+PATCH_SIZE = 32
+
+
+class Describer(Protocol):
+    """Describes keypoints of a gray image."""
+
+    provenance: dict[str, Any]
+
+    def __call__(self, image: NDArray[np.uint8], kps: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """``(descriptors (M, D) float32, kept (M,) indices into kps)``; M < N only when the
+        descriptor drops keypoints (OpenCV may)."""
+        ...
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class NetworkDescriber:
+    """A descriptor network applied to 32x32 patches sampled on the device.
+
+    Args:
+        model: a registered descbal model (``input_scale`` says how uint8 intensities are scaled).
+        geometry: keypoint-to-patch conventions.
+        device: where the pyramid, the sampling and the model run.
+        batch_size: patches per forward pass.
+    """
+
+    def __init__(self, model: nn.Module, geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "cpu",
+                 batch_size: int = 1024, provenance: dict[str, Any] | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.geometry = geometry
+        self.batch_size = batch_size
+        self.scale = float(getattr(model, "input_scale", 1.0))
+        self.provenance = provenance or {"model": getattr(model, "arch", type(model).__name__), "kind": "network"}
+
+    @torch.inference_mode()
+    def patches(self, image: NDArray[np.uint8], kps: Keypoints) -> torch.Tensor:
+        """The network's input patches, before ``input_scale``. Shape: -> (N, 1, 32, 32) float32."""
+        return sample_patches(pyramid_tensors(image, self.device), kps.xy, kps.size, kps.angle, self.geometry, PATCH_SIZE)
+
+    @torch.inference_mode()
+    def describe_patches(self, patches: torch.Tensor) -> NDArray[np.float32]:
+        """Descriptors of 0..255 patches. Shape: (N, 1, 32, 32) -> (N, D) float32."""
+        out = [self.model(patches[s : s + self.batch_size].to(self.device) * self.scale).float()
+               for s in range(0, len(patches), self.batch_size)]
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return torch.cat(out).cpu().numpy()
+
+    def __call__(self, image: NDArray[np.uint8], kps: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        return self.describe_patches(self.patches(image, kps)), np.arange(len(kps), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------- OpenCV
+
+KeypointDescriptor = Callable[[NDArray[np.uint8], list], tuple[list, NDArray[np.float32] | None]]
+KEYPOINT_DESCRIPTORS: dict[str, KeypointDescriptor] = {}
+
+
+def register_keypoint_descriptor(name: str) -> Callable[[KeypointDescriptor], KeypointDescriptor]:
+    """Decorator adding an OpenCV keypoint descriptor ``(image, cv keypoints) -> (kept keypoints,
+    descriptors)`` to :data:`KEYPOINT_DESCRIPTORS`."""
+
+    def deco(fn: KeypointDescriptor) -> KeypointDescriptor:
+        KEYPOINT_DESCRIPTORS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_keypoint_descriptor("sift")
+def _sift(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
+    """OpenCV SIFT (entries up to 255, L2 norm about 512)."""
+    return cv2.SIFT_create().compute(image, kps)
+
+
+@register_keypoint_descriptor("rootsift")
+def _rootsift(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalised SIFT, square-rooted (unit L2)."""
+    kept, d = _sift(image, kps)
+    if d is None:
+        return kept, d
+    d = d.astype(np.float64)
+    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
+    return kept, np.sqrt(d).astype(np.float32)
+
+
+def opencv_keypoints(kps: Keypoints, geometry: PatchGeometry) -> list:
+    """OpenCV keypoints for ``kps`` read under ``geometry``: diameter sizes, OpenCV angles in
+    degrees (0 when upright), pixel centres at integers; ``class_id`` is the index in ``kps`` and
+    ``octave`` is kept from the detector when it was an OpenCV one."""
+    d = kps.size * (2.0 if geometry.size_kind == "sigma" else 1.0)
+    th = kps.angle if geometry.angle_unit == "deg" else np.rad2deg(kps.angle)
+    th = np.zeros_like(th) if geometry.upright else np.mod(th * geometry.angle_sign, 360.0)
+    xy = kps.xy - (0.5 if geometry.pixel_origin == "corner" else 0.0)
+    out = []
+    for i in range(len(kps)):
+        octave = kps.cv[i].octave if kps.cv else 0
+        out.append(cv2.KeyPoint(float(xy[i, 0]), float(xy[i, 1]), float(d[i]), float(th[i]), float(kps.response[i]),
+                                int(octave), i))
+    return out
+
+
+class OpenCVDescriber:
+    """A registered OpenCV descriptor computed on the keypoints (see the module docstring)."""
+
+    def __init__(self, name: str, geometry: PatchGeometry = PatchGeometry()) -> None:
+        if name not in KEYPOINT_DESCRIPTORS:
+            raise ValueError(f"unknown OpenCV descriptor {name!r}; choose from {', '.join(KEYPOINT_DESCRIPTORS)}")
+        self.name = name
+        self.fn = KEYPOINT_DESCRIPTORS[name]
+        self.geometry = geometry
+        self.provenance = {"model": name, "kind": "opencv", "weights_sha256": f"opencv-{cv2.__version__}"}
+
+    def __call__(self, image: NDArray[np.uint8], kps: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        if len(kps) == 0:
+            return np.zeros((0, 128), np.float32), np.zeros(0, np.int64)
+        kept, desc = self.fn(image, opencv_keypoints(kps, self.geometry))
+        if desc is None or not kept:
+            return np.zeros((0, 128), np.float32), np.zeros(0, np.int64)
+        idx = np.array([k.class_id for k in kept], dtype=np.int64)
+        return np.asarray(desc, dtype=np.float32), idx
+
+
+def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = PatchGeometry(),
+                   device: str | torch.device = "cpu", batch_size: int = 1024) -> NetworkDescriber | OpenCVDescriber:
+    """A describer from a ``--model`` value.
+
+    ``model`` is an nn.Module, the name of an OpenCV descriptor (``sift``, ``rootsift``; a file
+    of that name takes precedence), or a descbal checkpoint / run folder / published weights
+    file (:func:`descbal.models.load`). The provenance records the model, its architecture and
+    the SHA-256 of the weights file.
+
+    Raises:
+        DataMissingError: no such file and not a descriptor name.
+        BadInputError: a file that is not usable weights.
+    """
+    if isinstance(model, nn.Module):
+        return NetworkDescriber(model, geometry, device, batch_size,
+                                {"model": getattr(model, "arch", type(model).__name__), "kind": "network",
+                                 "arch": getattr(model, "arch", None), "weights_sha256": None})
+    text = str(model)
+    if text in KEYPOINT_DESCRIPTORS and not Path(text).exists():
+        return OpenCVDescriber(text, geometry)
+    from descbal.models import load
+    from descbal.models.checkpoint import resolve_path
+
+    path = Path(text)
+    if not path.exists():
+        names = ", ".join(KEYPOINT_DESCRIPTORS)
+        raise DataMissingError(f"model not found (give a checkpoint, run folder, weights file or one of: {names})", path)
+    net = load(path)
+    try:
+        sha = sha256_file(resolve_path(path))
+    except OSError as e:
+        raise BadInputError(f"cannot read weights ({e})", path) from None
+    prov = {"model": str(path), "kind": "network", "arch": getattr(net, "arch", None), "weights_sha256": sha,
+            "input_scale": float(getattr(net, "input_scale", 1.0))}
+    return NetworkDescriber(net, geometry, device, batch_size, prov)

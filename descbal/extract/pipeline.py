@@ -1,0 +1,178 @@
+"""Detect + describe: one image (:class:`FeatureExtractor`) or a whole folder (:func:`extract_folder`).
+
+The folder pipeline is idempotent like hloc's: images already in the output are skipped unless
+``overwrite``; unreadable, empty and keypoint-less images are reported, skipped and listed in
+the summary; writes are atomic (see :mod:`descbal.extract.writers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from descbal.extract.describers import PATCH_SIZE, load_describer
+from descbal.extract.detectors import DETECTORS, detect
+from descbal.extract.writers import Features, open_writer
+from descbal.geometry import PatchGeometry
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, name)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction settings; the CLI's defaults are these."""
+
+    model: str = "sift"  # checkpoint, run folder, published weights, or an OpenCV descriptor name
+    detector: str = "sift"  # a name in descbal.extract.detectors.DETECTORS
+    max_keypoints: int = 2048  # per image, strongest by response; 0 keeps all
+    geometry: PatchGeometry = field(default_factory=PatchGeometry)  # keypoint -> patch conventions
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1, ...
+    batch_size: int = 1024  # patches per forward pass
+    half: bool = False  # store descriptors as float16
+
+
+def _device(name: str | torch.device) -> torch.device:
+    from descbal.train.trainer import resolve_device
+
+    return name if isinstance(name, torch.device) else resolve_device(name)
+
+
+class FeatureExtractor:
+    """Keypoints and descriptors of gray images.
+
+    Args:
+        model: an nn.Module, an OpenCV descriptor name (``sift``, ``rootsift``) or a model path
+            (see :func:`descbal.extract.describers.load_describer`).
+        detector: a registered detector name.
+        max_keypoints: keep the strongest by response (0: all).
+        geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
+        device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
+    """
+
+    def __init__(self, model: str | Path | nn.Module = "sift", detector: str = "sift", max_keypoints: int = 2048,
+                 geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
+                 batch_size: int = 1024) -> None:
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+        if max_keypoints < 0:
+            raise ValueError("max_keypoints must be >= 0")
+        self.device = _device(device)
+        self.detector = detector
+        self.max_keypoints = max_keypoints
+        self.geometry = geometry
+        self.describer = load_describer(model, geometry, self.device, batch_size)
+
+    @classmethod
+    def from_config(cls, cfg: ExtractConfig) -> FeatureExtractor:
+        return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What produced the features: model, weights SHA-256, geometry, detector, versions."""
+        from descbal import __version__
+
+        return {**self.describer.provenance, "geometry": dataclasses.asdict(self.geometry),
+                "detector": {"name": self.detector, "max_keypoints": self.max_keypoints}, "patch_size": PATCH_SIZE,
+                "descbal_version": __version__, "opencv_version": cv2.__version__, "torch_version": torch.__version__}
+
+    def __call__(self, image: NDArray[np.uint8]) -> Features:
+        """Features of a gray uint8 image. Shape: (H, W) -> N keypoints, (N, D) descriptors."""
+        kps = detect(image, self.detector, self.max_keypoints)
+        desc, kept = self.describer(image, kps)
+        kps = kps.subset(kept)
+        g = self.geometry
+        diameter = kps.size * (2.0 if g.size_kind == "sigma" else 1.0)
+        ori = kps.angle if g.angle_unit == "deg" else np.rad2deg(kps.angle)
+        ori = np.zeros_like(ori) if g.upright else np.mod(ori * g.angle_sign, 360.0)
+        xy = kps.xy - (0.5 if g.pixel_origin == "corner" else 0.0)
+        return Features(keypoints=xy.astype(np.float32), descriptors=np.asarray(desc, np.float32),
+                        scores=kps.response.astype(np.float32), scales=diameter.astype(np.float32),
+                        oris=ori.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
+
+
+def read_gray(path: Path) -> NDArray[np.uint8]:
+    """An image file as gray uint8 (OpenCV IMREAD_GRAYSCALE, as hloc reads it).
+
+    Raises:
+        ValueError: empty or undecodable file (the message is the reason).
+    """
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError("empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise ValueError("unreadable (not an image OpenCV decodes)")
+    if img.size == 0:
+        raise ValueError("empty image")
+    return img
+
+
+def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:
+    try:
+        return path, read_gray(path), None
+    except (ValueError, OSError) as e:
+        return path, None, str(e)
+
+
+def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig = ExtractConfig(), *, fmt: str = "hloc",
+                   overwrite: bool = False, progress: ProgressFn | None = None,
+                   extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+    """Extract features for every image under ``images_dir`` (recursive) into ``out``.
+
+    Names are POSIX paths relative to ``images_dir``. Images already in ``out`` are skipped
+    unless ``overwrite`` (which starts the output afresh).
+
+    Returns:
+        ``{"images_dir", "out", "format", "images", "extracted", "skipped_existing", "failed":
+        [{"name", "reason"}], "num_keypoints", "seconds", "images_per_s", "provenance"}``.
+
+    Raises:
+        DataMissingError: ``images_dir`` missing or without images.
+        BadInputError: ``out`` holds features of a different extraction (model, geometry...).
+    """
+    from descbal.data.patchset import prefetch
+    from descbal.data.selfsup import list_images
+    from descbal.errors import DataMissingError
+
+    t0 = time.perf_counter()
+    images_dir = Path(images_dir)
+    files = list_images(images_dir)
+    if not files:
+        raise DataMissingError("no image files (jpg, png, ppm, ...) found", images_dir)
+    ext = extractor if extractor is not None else FeatureExtractor.from_config(cfg)
+    prov = {**ext.provenance, "descriptors_dtype": "float16" if cfg.half else "float32", "format": fmt}
+    progress = progress or (lambda done, total, name: None)
+    failed: list[dict[str, str]] = []
+    done = n_kp = 0
+    with open_writer(fmt, out, prov, overwrite=overwrite, half=cfg.half) as writer:
+        have = writer.existing()
+        todo = [f for f in files if f.relative_to(images_dir).as_posix() not in have]
+        skipped = len(files) - len(todo)
+        progress(0, len(todo), "")
+        for i, (path, img, err) in enumerate(prefetch(_load, todo, 1)):
+            name = path.relative_to(images_dir).as_posix()
+            if img is None:
+                failed.append({"name": name, "reason": err or "unreadable"})
+            else:
+                feats = ext(img)
+                if len(feats) == 0:
+                    failed.append({"name": name, "reason": "no keypoints detected"})
+                else:
+                    writer.write(name, feats)
+                    done += 1
+                    n_kp += len(feats)
+            progress(i + 1, len(todo), name)
+    secs = time.perf_counter() - t0
+    return {"images_dir": str(images_dir), "out": str(out), "format": fmt, "images": len(files), "extracted": done,
+            "skipped_existing": skipped, "failed": failed, "num_keypoints": n_kp, "seconds": secs,
+            "images_per_s": (done / secs) if secs > 0 else 0.0, "provenance": prov}

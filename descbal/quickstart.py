@@ -1,0 +1,131 @@
+"""``descbal quickstart``: the whole pipeline on photos shipped inside scikit-image's wheel.
+
+No download: (1) a self-supervised patch pool from the training photos (``cache images``);
+(2) a small HyNet trained with the Self-TNet small recipe; (3) an HPatches-format benchmark
+built from held-out photos with synthetic homographies (``make-benchmark``); (4) a table
+comparing the trained model, the same network untrained, and SIFT on the same patches. The
+trained model is written to ``OUT/run/model.pt`` for ``descbal extract``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from descbal.classical import get_classical
+from descbal.config import load_config
+from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
+from descbal.data.patchset import load_patchset
+from descbal.data.selfsup import PoolConfig, cache_images
+from descbal.data.synthetic import synthetic_sequence, write_sequence
+from descbal.errors import DataMissingError
+from descbal.eval.hpatches import evaluate_hpatches
+from descbal.eval.hpatches_io import TYPES, HPatchesDescriptors
+from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
+from descbal.models import build_model
+from descbal.recipes import recipe_text
+from descbal.train.config import RunConfig
+from descbal.train.trainer import Trainer
+
+#: Photographs in scikit-image's wheel (``skimage/data``) used for training.
+TRAIN_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "clock_motion.png", "coins.png", "grass.png",
+                "gravel.png", "horse.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+                "page.png", "retina.jpg", "text.png")
+#: Held-out photographs the benchmark is built from, with their sequence kind.
+BENCH_PHOTOS = (("coffee.png", "v"), ("chelsea.png", "v"), ("rocket.jpg", "v"), ("motorcycle_right.png", "i"),
+                ("color.png", "i"), ("logo.png", "i"))
+
+
+def skimage_data_dir() -> Path:
+    """The ``data`` folder inside the installed scikit-image package (no network)."""
+    try:
+        import skimage
+    except ImportError:
+        raise DataMissingError("scikit-image is not installed (pip install scikit-image)") from None
+    return Path(skimage.__file__).parent / "data"
+
+
+def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the quickstart into ``out``; ``quick`` shrinks every stage (for tests).
+
+    Returns:
+        ``{"rows": [{"descriptor", "verification", "matching", "retrieval", "fpr95"}], "model": path,
+        ...}`` where the HPatches-style numbers are headline fractions on the synthetic benchmark.
+    """
+    import cv2
+
+    out = Path(out)
+    data = skimage_data_dir()
+    photos = out / "photos"
+    if photos.exists():
+        shutil.rmtree(photos)
+    photos.mkdir(parents=True)
+    for name in TRAIN_PHOTOS:
+        if (data / name).is_file():
+            shutil.copy(data / name, photos / name)
+    log(f"1/4 patch pool from {len(list(photos.iterdir()))} photos shipped with scikit-image")
+    pool_cfg = PoolConfig(seed=seed, max_keypoints=60 if quick else 300, views=3 if quick else 4, pairs=2000)
+    pool_path = out / "pool.h5"
+    cache_images(photos, pool_path, pool_cfg, progress=progress)
+    pool = load_patchset(pool_path)
+
+    log("2/4 training a small HyNet with the Self-TNet recipe (self-tnet-small)")
+    overrides = [f'data.train="{pool_path}"', f"loop.seed={seed}", "loop.device=cpu"]
+    if quick:
+        overrides += ["loop.epochs=1", "loop.iters_per_epoch=4", "loop.classes_per_batch=16", "anneal.iters=2"]
+    cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
+    run_dir = out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    trainer = Trainer(cfg, run_dir, pool, None)
+    trainer.fit(progress=(lambda s, t, st: progress("train", s, t)) if progress else None)
+
+    log("3/4 benchmark from held-out photos with synthetic homographies")
+    seq_dir = out / "sequences"
+    rng = np.random.default_rng(seed + 7)
+    for name, kind in BENCH_PHOTOS[: 2 if quick else None]:
+        img = cv2.imread(str(data / name), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            continue
+        images, hs = synthetic_sequence(img, kind, rng)
+        write_sequence(seq_dir / f"{kind}_{Path(name).stem}", images, hs)
+    bench = out / "benchmark"
+    bcfg = BenchmarkConfig(seed=seed, max_keypoints=80 if quick else 400, verification_pairs=2000 if quick else 20000)
+    make_benchmark(seq_dir, bench, bcfg, progress=progress)
+
+    log("4/4 evaluation: trained vs untrained network vs SIFT")
+    seqs = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
+    torch.manual_seed(cfg.loop.seed)  # the trained model's own initial weights
+    untrained = build_model(cfg.model.name, **cfg.model.params)
+    rows = []
+    candidates = [("Self-TNet small (trained)", trainer.model), ("HyNet untrained", untrained), ("SIFT", None)]
+    for label, model in candidates:
+        if model is None:
+            desc = _classical_descriptors(bench / "patches", seqs, "sift")
+            fpr = None
+        else:
+            desc = hpatches_descriptors(model, bench / "patches", seqs, device="cpu")
+            fpr = evaluate_brown_model(model, pool)["fpr95"]
+        res = evaluate_hpatches(desc, bench / "tasks", bcfg.split)
+        rows.append({"descriptor": label, **res["headline"], "fpr95": fpr})
+    return {"rows": rows, "model": str(run_dir / "model.pt"), "benchmark": str(bench), "pool": str(pool_path),
+            "sequences": seqs}
+
+
+def _classical_descriptors(release: Path, sequences: list[str], name: str) -> HPatchesDescriptors:
+    from descbal.data.hpatches_data import read_hpatches_sequence
+
+    fn = get_classical(name)
+    out = {}
+    for s in sequences:
+        imgs = read_hpatches_sequence(release / s)
+        arr = np.stack([imgs[t] for t in TYPES])
+        out[s] = fn(arr.reshape(-1, *arr.shape[2:])).reshape(16, arr.shape[1], -1)
+    return HPatchesDescriptors(out)
