@@ -19,16 +19,22 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from descbal.config import load_config
+from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
-from descbal.eval.model_eval import evaluate_brown_model
+from descbal.eval.hpatches import evaluate_hpatches
+from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
 from descbal.models import build_model
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
 from descbal.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeds_rows import seed_method_overrides  # noqa: E402
 
 
 def method_configs(steps: int, classes: int, anneal_frac: float, device: str) -> dict[str, list[str]]:
@@ -44,6 +50,7 @@ def method_configs(steps: int, classes: int, anneal_frac: float, device: str) ->
         "triplet (HardNet baseline)": common + ['loss.name="triplet"', "loss.params={margin = 1.0}"],
         "balance, no teacher weight": common + ['loss.params.teacher="none"'],
         "balance (Self-TNet stage 1)": common,
+        **{k: common + v for k, v in seed_method_overrides(steps).items()},
         "balance + annealing": [f"loop.classes_per_batch={classes}", f"loop.device={device}", "loop.epochs=4",
                                 f"loop.iters_per_epoch={an_main}", "anneal.enabled=true",
                                 f"anneal.start_batch={classes + step}", f"anneal.min_batch={classes + step - cycles * step}",
@@ -59,7 +66,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=64)
     ap.add_argument("--anneal-frac", type=float, default=0.25)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--benchmark", type=Path, default=None, help="HPatches-format benchmark folder (optional)")
+    ap.add_argument("--sequences", type=Path, default=ROOT.parent / "shared" / "data" / "hpatches-sequences",
+                    help="sequences with homographies to build the HPatches-format benchmark from")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     pool_path = args.work / "pool.h5"
@@ -67,10 +75,19 @@ def main() -> None:
     pool = load_patchset(pool_path)
     print(f"pool: {len(pool)} patches, {pool.num_pairs} held-out pairs ({'cached' if info['skipped'] else 'built'})",
           file=sys.stderr)
+    bench = args.work / "benchmark"
+    if not (bench / "tasks" / "splits" / "splits.json").is_file():
+        make_benchmark(args.sequences, bench, BenchmarkConfig(max_keypoints=500))
+
+    def score(model) -> tuple[float, dict[str, float]]:
+        seqs = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
+        desc = hpatches_descriptors(model, bench / "patches", seqs, device=args.device)
+        return evaluate_brown_model(model, pool)["fpr95"], evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
+
     rows = []
-    torch_untrained = build_model("hynet")
-    r0 = evaluate_brown_model(torch_untrained, pool)
-    rows.append(("untrained HyNet", 0, 0.0, r0["fpr95"]))
+    torch.manual_seed(211)
+    fpr, head = score(build_model("hynet", dropout=0.3))
+    rows.append(("untrained HyNet", 0, 0.0, fpr, head))
     for name, overrides in method_configs(args.steps, args.classes, args.anneal_frac, args.device).items():
         cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides + [f'data.train="{pool_path}"'])
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.split("(")[0].strip().lower())
@@ -83,16 +100,18 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit()
         secs = time.perf_counter() - t0
-        fpr = evaluate_brown_model(trainer.model, pool)["fpr95"]
-        rows.append((name, trainer.total_steps, secs, fpr))
-        print(f"{name}: {trainer.total_steps} steps, {secs:.0f} s, FPR95 {100 * fpr:.2f} %", file=sys.stderr)
+        fpr, head = score(trainer.model)
+        rows.append((name, trainer.total_steps, secs, fpr, head))
+        print(f"{name}: {trainer.total_steps} steps, {secs:.0f} s, FPR95 {100 * fpr:.2f} %, {head}", file=sys.stderr)
     print(f"\nAblation on {args.images.name} ({len(pool)} patches), HyNet, {args.classes} classes x 3 patches per batch,"
           f" device {args.device}")
-    print(f"{'method':<30}{'steps':>7}{'train s':>9}{'FPR95 % (held-out)':>21}")
-    for name, steps, secs, fpr in rows:
-        print(f"{name:<30}{steps:>7}{secs:>9.0f}{100 * fpr:>21.2f}")
-    (args.work / "ablation.json").write_text(json.dumps([dict(zip(("method", "steps", "seconds", "fpr95"), r,
-                                                                  strict=True)) for r in rows], indent=1))
+    print(f"HPatches-protocol benchmark built from {args.sequences} (make-benchmark, split 'full')")
+    print(f"{'method':<30}{'steps':>7}{'train s':>9}{'pool FPR95 %':>14}{'verif %':>9}{'match %':>9}{'retr %':>8}")
+    for name, steps, secs, fpr, h in rows:
+        print(f"{name:<30}{steps:>7}{secs:>9.0f}{100 * fpr:>14.2f}{100 * h['verification']:>9.2f}"
+              f"{100 * h['matching']:>9.2f}{100 * h['retrieval']:>8.2f}")
+    keys = ("method", "steps", "seconds", "fpr95", "headline")
+    (args.work / "ablation.json").write_text(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Data go to stdout (``--json -``); tables, logs and progress to stderr. Exit code
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from collections.abc import Callable
 from enum import Enum
@@ -216,17 +217,124 @@ def eval_example(
     emit_json(result, json_out)
 
 
-def _not_yet(name: str, what: str) -> None:
-    @app.command(name, help=f"{what} (not available yet).",
-                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _cmd() -> None:
-        from descbal.console import stderr
+class SizeKind(str, Enum):
+    diameter = "diameter"
+    sigma = "sigma"
 
-        stderr.print(f"descbal {name}: not available yet in descbal {__version__}.")
+
+class AngleUnit(str, Enum):
+    deg = "deg"
+    rad = "rad"
+
+
+class PixelOrigin(str, Enum):
+    center = "center"
+    corner = "corner"
+
+
+class FeatFormat(str, Enum):
+    hloc = "hloc"
+    npz = "npz"
+    colmap = "colmap"
+
+
+_GEO = "Geometry (keypoint -> patch)"
+DetectorOpt = Annotated[str, typer.Option(help="Keypoint detector: sift (DoG), orb, gftt, akaze.")]
+MaxKpOpt = Annotated[int, typer.Option("--max-keypoints", help="Keep the strongest keypoints by response (0: all).")]
+MagOpt = Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter.", rich_help_panel=_GEO)]
+SizeKindOpt = Annotated[SizeKind, typer.Option("--size-kind", help="Keypoint size is a diameter or a sigma.",
+                                               rich_help_panel=_GEO)]
+AngleUnitOpt = Annotated[AngleUnit, typer.Option("--angle-unit", help="Keypoint angle unit.", rich_help_panel=_GEO)]
+AngleSignOpt = Annotated[float, typer.Option("--angle-sign", help="+1: clockwise in y-down images (OpenCV); -1: the opposite.",
+                                             rich_help_panel=_GEO)]
+PixelOriginOpt = Annotated[PixelOrigin, typer.Option("--pixel-origin", help="center: pixel centres at integers (OpenCV, "
+                                                     "hloc); corner: pixel (0,0) spans [0,1].", rich_help_panel=_GEO)]
+UprightOpt = Annotated[bool, typer.Option("--upright", help="Ignore keypoint orientations.", rich_help_panel=_GEO)]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+
+
+def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float, pixel_origin: PixelOrigin,
+              upright: bool) -> Any:
+    from descbal.errors import BadInputError
+    from descbal.geometry import PatchGeometry
+
+    if angle_sign not in (1.0, -1.0):
+        raise BadInputError("--angle-sign must be 1 or -1")
+    try:
+        return PatchGeometry(mag=mag, size_kind=size_kind.value, angle_unit=angle_unit.value, angle_sign=angle_sign,
+                             pixel_origin=pixel_origin.value, upright=upright)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
+
+
+@app.command("extract")
+@handle_errors
+def extract_cmd(
+    images_dir: Annotated[Path | None, typer.Argument(help="Folder of images (searched recursively).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint, run folder, published weights "
+                                              "(TFeat/HardNet/HyNet/SOSNet), or sift / rootsift (OpenCV).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Features file (hloc .h5) or folder (npz, colmap).")] = None,
+    fmt: Annotated[FeatFormat, typer.Option("--format", help="hloc (HDF5), npz (one file per image) or colmap (text, "
+                                            "lossy).")] = FeatFormat.hloc,
+    detector: DetectorOpt = "sift",
+    max_keypoints: MaxKpOpt = 2048,
+    mag: MagOpt = 5.0,
+    size_kind: SizeKindOpt = SizeKind.diameter,
+    angle_unit: AngleUnitOpt = AngleUnit.deg,
+    angle_sign: AngleSignOpt = 1.0,
+    pixel_origin: PixelOriginOpt = PixelOrigin.center,
+    upright: UprightOpt = False,
+    half: Annotated[bool, typer.Option("--half", help="Store descriptors as float16.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Patches per forward pass.")] = 1024,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the output afresh instead of skipping images "
+                                            "already in it.")] = False,
+    list_file: Annotated[Path | None, typer.Option("--list", help="Print the exact image keys stored in FILE and exit.")]
+    = None,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Keypoints + descriptors for every image of a folder (hloc features file, npz or COLMAP text).
+
+    Resumable: images already in --out are skipped. Exit code 1 when some image failed.
+    """
+    from descbal.console import emit_json, stderr
+    from descbal.errors import BadInputError
+
+    if list_file is not None:
+        from descbal.extract.writers import list_features
+
+        names = list_features(list_file)
+        if json_out is not None:
+            emit_json({"file": str(list_file), "names": names}, json_out)
+        else:
+            for n in names:
+                typer.echo(n)
+        return
+    if images_dir is None or model is None or out is None:
+        raise BadInputError("usage: descbal extract IMAGES_DIR --model MODEL --out FILE (or --list FILE)")
+    from descbal.extract.detectors import DETECTORS
+    from descbal.extract.pipeline import ExtractConfig, extract_folder
+    from descbal.extract.progress import image_progress
+
+    if detector not in DETECTORS:
+        raise BadInputError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+    if max_keypoints < 0 or batch_size < 1:
+        raise BadInputError("--max-keypoints must be >= 0 and --batch-size >= 1")
+    cfg = ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints,
+                        geometry=_geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright),
+                        device=device, batch_size=batch_size, half=half)
+    with image_progress("images", quiet) as progress:
+        result = extract_folder(images_dir, out, cfg, fmt=fmt.value, overwrite=overwrite, progress=progress)
+    if not quiet:
+        for f in result["failed"]:
+            stderr.print(f"[yellow]skipped[/yellow] {f['name']}: {f['reason']}", markup=True, soft_wrap=True)
+        stderr.print(f"{out}: {result['extracted']} image(s) extracted ({result['num_keypoints']} keypoints, "
+                     f"{result['images_per_s']:.1f} images/s), {result['skipped_existing']} already there, "
+                     f"{len(result['failed'])} failed", soft_wrap=True)
+    emit_json(result, json_out)
+    if result["failed"]:
         raise typer.Exit(1)
-
-
-_not_yet("extract", "Keypoints + descriptors for a folder of images (hloc/COLMAP files)")
 
 
 # ------------------------------------------------------------------------------ download
@@ -421,13 +529,13 @@ def train_cmd(
         sources: list = ([recipe_text(recipe)] if recipe else []) + ([config] if config else [])
         overrides = list(set_ or [])
         if data is not None:
-            overrides.append(f'data.train="{data.resolve()}"')
+            overrides.append(f"data.train={json.dumps(str(data.resolve()))}")  # a TOML basic string
         if val is not None:
-            overrides.append(f'data.val="{val.resolve()}"')
+            overrides.append(f"data.val={json.dumps(str(val.resolve()))}")
         trainer = start_run(load_config(RunConfig, sources, overrides), out)
     if not quiet:
         stderr.print(f"run folder {trainer.run_dir}; device {trainer.device}; step "
-                     f"{trainer.epoch * trainer.cfg.loop.iters_per_epoch + trainer.iteration}/{trainer.total_steps}")
+                     f"{trainer.global_step}/{trainer.total_steps}")
     try:
         with train_progress(quiet) as progress:
             summary = trainer.fit(progress=progress)
@@ -538,6 +646,92 @@ def quickstart_cmd(
                       f"{100 * r['retrieval']:.2f}", fpr)
         stderr.print(t)
         stderr.print(f"trained model: {result['model']} (use it with 'descbal extract IMAGES --model {result['model']}')")
+    emit_json(result, json_out)
+
+
+# ------------------------------------------------------------------------------ match
+
+
+@app.command("match")
+@handle_errors
+def match_cmd(
+    features: Annotated[Path, typer.Argument(help="hloc features file (descbal extract).")],
+    pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Text file of image pairs, 'name0 name1' per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="hloc matches file (.h5).")],
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test (e.g. 0.8).")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute pairs already in --out.")] = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Mutual-nearest-neighbour matches of image pairs into an hloc matches file."""
+    from descbal.console import emit_json, stderr
+    from descbal.errors import BadInputError
+    from descbal.extract.progress import image_progress
+    from descbal.match import match_features
+    from descbal.train.trainer import resolve_device
+
+    if ratio is not None and not 0 < ratio <= 1:
+        raise BadInputError("--ratio must be in (0, 1]")
+    with image_progress("pairs", quiet) as progress:
+        result = match_features(features, pairs, out, ratio=ratio, overwrite=overwrite, device=resolve_device(device),
+                                progress=progress)
+    if not quiet:
+        stderr.print(f"{out}: {result['matched']} pair(s) matched ({result['mean_matches']:.0f} matches on average), "
+                     f"{result['skipped_existing']} already there", soft_wrap=True)
+    emit_json(result, json_out)
+
+
+@eval_app.command("sequences")
+@handle_errors
+def eval_sequences_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of sequences (<seq>/1..6.ppm|png, H_1_k), e.g. HPatches.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model path or sift / rootsift (repeatable).")],
+    sequence: Annotated[list[str] | None, typer.Option("--sequence", help="Only this sequence (repeatable).")] = None,
+    detector: DetectorOpt = "sift",
+    max_keypoints: MaxKpOpt = 2048,
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test.")] = None,
+    mag: MagOpt = 5.0,
+    size_kind: SizeKindOpt = SizeKind.diameter,
+    angle_unit: AngleUnitOpt = AngleUnit.deg,
+    angle_sign: AngleSignOpt = 1.0,
+    pixel_origin: PixelOriginOpt = PixelOrigin.center,
+    upright: UprightOpt = False,
+    device: DeviceOpt = "auto",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write MMA against threshold as a PNG.")] = None,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Matching on sequences with homographies: MMA at 1..10 px (D2-Net protocol), matches,
+    features and homography accuracy at 1/3/5 px, split by i_/v_ sequences."""
+    from rich.table import Table
+
+    from descbal.console import emit_json, stderr
+    from descbal.eval.sequences import evaluate_sequences, plot_mma
+    from descbal.extract.progress import image_progress
+
+    geometry = _geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright)
+    with image_progress("pairs", quiet) as progress:
+        result = evaluate_sequences(folder, model, detector=detector, max_keypoints=max_keypoints, geometry=geometry,
+                                    ratio=ratio, device=device, sequences=sequence, progress=progress)
+    if plot is not None:
+        plot_mma(result, plot)
+    if not quiet:
+        t = Table(title=f"Sequences under {folder} ({len(result['sequences'])}; detector {detector})")
+        for col in ("model", "split", "pairs", "MMA@1", "MMA@3", "MMA@5", "MMA@10", "features", "matches",
+                    "H@1", "H@3", "H@5"):
+            t.add_column(col, justify="left" if col in ("model", "split") else "right")
+        for m in result["models"]:
+            for split in ("overall", "illumination", "viewpoint"):
+                mma = m["mma"][split]
+                if mma is None:
+                    continue
+                h = m["homography_accuracy"][split]
+                t.add_row(m["name"], split, str(m["num_pairs"][split]), *(f"{mma[i]:.3f}" for i in (0, 2, 4, 9)),
+                          f"{m['num_features']:.0f}", f"{m['num_matches'][split]:.0f}", *(f"{h[e]:.3f}" for e in ("1", "3", "5")))
+        stderr.print(t)
+        if plot is not None:
+            stderr.print(f"plot written to {plot}")
     emit_json(result, json_out)
 
 

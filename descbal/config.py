@@ -62,7 +62,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise BadInputError(f"config key {key!r} must be a table")
         return dict(value)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if tp in (int, float) and isinstance(value, bool):
+        raise BadInputError(f"config key {key!r} must be {tp.__name__}, got {value!r}")
+    if tp is float and isinstance(value, int | float):
         return float(value)
     if tp is Any:
         return value

@@ -56,12 +56,6 @@ def test_help_lists_all_groups() -> None:
         assert group in res.output
 
 
-def test_not_yet_commands_say_so() -> None:
-    res = run("extract", "images", "--model", "x")
-    assert res.exit_code == 1
-    assert "not available yet" in res.output
-
-
 def test_json_schema_to_stdout(case: Path) -> None:
     res = hp(case, "--json", "-")
     assert res.exit_code == 0, res.output

@@ -7,15 +7,31 @@ that patches of a class really look alike and a descriptor can learn something i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+import torch
 
 from descbal.data.patchset import PatchSet, write_patchset
 from descbal.train.config import DataConfig, LoopConfig, ModelConfig, RunConfig
 from descbal.train.optim import ScheduleConfig
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module's small CPU networks on one thread (restored afterwards).
+
+    The tensors here are tiny, so one thread costs little; and when other processes keep the
+    cores busy, OpenMP's spinning worker threads slow such tests down tenfold or more.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def class_textures(rng: np.random.Generator, num_classes: int, size: int = 72) -> np.ndarray:
@@ -85,3 +101,35 @@ def tiny_config(train: Path, val: Path | None = None, *, epochs: int = 2, iters:
         loop=replace(LoopConfig(), seed=seed, epochs=epochs, iters_per_epoch=iters, classes_per_batch=classes,
                      npos=3, device="cpu", log_every=1, **loop),  # type: ignore[arg-type]
     )
+
+
+def make_hpatches_release(root: Path, sequences: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Write an HPatches-layout release ``root/<seq>/<type>.png`` whose patches are overlapping
+    crops (3 px apart) of one texture per sequence; the 15 target images shift each crop by up
+    to 1, 2 or 3 px (e, h, t) and add noise, so matching is hard enough to give non-trivial
+    numbers. Returns sequence -> (16, N, 65, 65) uint8."""
+    from descbal.eval.example import write_patch_release
+
+    rng = np.random.default_rng(seed)
+    data = {}
+    for name, n in sequences.items():
+        tex = class_textures(rng, 1, 65 + 3 * n + 8)[0]
+        images = []
+        for jitter, sigma in ((0, 0.0),) + ((1, 8.0),) * 5 + ((2, 16.0),) * 5 + ((3, 24.0),) * 5:
+            crops = []
+            for i in range(n):
+                dy, dx = rng.integers(-jitter, jitter + 1, 2)
+                y0, x0 = 4 + dy, 4 + 3 * i + dx
+                crops.append(tex[y0 : y0 + 65, x0 : x0 + 65] + rng.normal(0.0, sigma, (65, 65)))
+            images.append(np.stack(crops))
+        data[name] = np.clip(np.rint(np.stack(images)), 0, 255).astype(np.uint8)
+    write_patch_release(root, data)
+    return data
+
+
+def write_split(tasks: Path, split: str, test: list[str]) -> None:
+    """``tasks/splits/splits.json`` with one split whose test set is ``test``."""
+    import json
+
+    (tasks / "splits").mkdir(parents=True, exist_ok=True)
+    (tasks / "splits" / "splits.json").write_text(json.dumps({split: {"name": split, "test": test, "train": []}}))

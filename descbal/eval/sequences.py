@@ -216,7 +216,7 @@ def render_mma(result: dict[str, Any], panel: tuple[int, int] = (420, 360)) -> N
     """An image (BGR) of MMA against threshold: panels Overall, Illumination, Viewpoint, one
     line per model, legend below. Shape: -> (H, W, 3) uint8."""
     pw, ph = panel
-    ml, mr, mt, mb = 60, 15, 40, 45
+    ml, mr, mt, mb = 60, 22, 40, 45
     models = result["models"]
     legend_h = 24 * len(models) + 10
     img = np.full((ph + legend_h, 3 * pw, 3), 255, np.uint8)

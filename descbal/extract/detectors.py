@@ -19,6 +19,8 @@ from numpy.typing import NDArray
 #: GFTT corners have no scale: they get this diameter (pixels), so that a patch covers
 #: ``mag * GFTT_SIZE`` pixels, about a mid-sized DoG keypoint's.
 GFTT_SIZE = 12.0
+#: ORB's ``nfeatures`` when asked for "all" corners.
+ORB_ALL = 1_000_000
 
 
 @dataclass
@@ -90,9 +92,10 @@ def sift(image: NDArray[np.uint8], max_keypoints: int) -> Keypoints:
 
 @register_detector("orb")
 def orb(image: NDArray[np.uint8], max_keypoints: int) -> Keypoints:
-    """ORB's oriented FAST on an 8-level pyramid (Harris response)."""
-    n = max_keypoints if max_keypoints > 0 else 100_000
-    return Keypoints.from_cv(cv2.ORB_create(nfeatures=n).detect(image, None), max_keypoints)
+    """ORB's oriented FAST on an 8-level pyramid (Harris response). ORB is asked for every
+    corner it finds (its own ``nfeatures`` would share the budget out per level), then the
+    strongest are kept."""
+    return Keypoints.from_cv(cv2.ORB_create(nfeatures=ORB_ALL).detect(image, None), max_keypoints)
 
 
 @register_detector("gftt")

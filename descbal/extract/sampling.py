@@ -23,6 +23,13 @@ from descbal.geometry import PatchGeometry, build_pyramid, patch_affines, pyrami
 CHUNK = 8192
 
 
+def _use_numpy(device: torch.device) -> bool:
+    """Whether small array work runs in NumPy (on the CPU: single-threaded and fast; torch's
+    multi-threaded kernels pay a thread start-up per call, slow on busy machines) or in torch
+    on the device."""
+    return device.type == "cpu"
+
+
 def pyramid_tensors(image: NDArray[np.uint8], device: str | torch.device = "cpu") -> list[torch.Tensor]:
     """The image's Gaussian pyramid as float32 tensors on ``device``.
 
@@ -30,7 +37,10 @@ def pyramid_tensors(image: NDArray[np.uint8], device: str | torch.device = "cpu"
     """
     if image.ndim != 2:
         raise ValueError(f"expected a gray image (H, W), got shape {image.shape}")
-    return [torch.from_numpy(np.ascontiguousarray(lv)).to(device).float()[None, None] for lv in build_pyramid(image)]
+    dev = torch.device(device)
+    if _use_numpy(dev):
+        return [torch.from_numpy(lv.astype(np.float32))[None, None] for lv in build_pyramid(image)]
+    return [torch.from_numpy(np.ascontiguousarray(lv)).to(dev).float()[None, None] for lv in build_pyramid(image)]
 
 
 def _normalised(affines: NDArray[np.float64], level: int, height: int, width: int) -> NDArray[np.float64]:
@@ -42,6 +52,26 @@ def _normalised(affines: NDArray[np.float64], level: int, height: int, width: in
     out[:, :, :2] = np.einsum("ij,njk->nik", norm[:, :2], a[:, :, :2])
     out[:, :, 2] = np.einsum("ij,nj->ni", norm[:, :2], a[:, :, 2]) + norm[:, 2]
     return out
+
+
+def _grid(a: NDArray[np.float64], p: int, device: torch.device) -> torch.Tensor:
+    """``grid_sample`` grid of patches: (n, 2, 3) normalised affines -> (n, P, P, (x, y)).
+
+    Separable: x[v, u] = (a00 u + a02) + a01 v, so only (n, P) terms are multiplied. Built
+    with NumPy on the CPU (single-threaded and fast for this size), with torch elsewhere.
+    """
+    n = len(a)
+    if _use_numpy(device):
+        g = np.arange(p, dtype=np.float32)
+        af = a.astype(np.float32)
+        grid = np.empty((n, p, p, 2), np.float32)
+        for c in range(2):
+            grid[..., c] = (af[:, c, 0, None] * g + af[:, c, 2, None])[:, None, :] + (af[:, c, 1, None] * g)[:, :, None]
+        return torch.from_numpy(grid)
+    at = torch.from_numpy(a).float().to(device)
+    gt = torch.arange(p, dtype=torch.float32, device=device)
+    xy = [(at[:, c, 0:1] * gt + at[:, c, 2:3])[:, None, :] + (at[:, c, 1:2] * gt)[:, :, None] for c in range(2)]
+    return torch.stack(xy, -1)
 
 
 def sample_affine_patches(levels: list[torch.Tensor], affines: NDArray[np.floating], patch_size: int = 32) -> torch.Tensor:
@@ -59,26 +89,24 @@ def sample_affine_patches(levels: list[torch.Tensor], affines: NDArray[np.floati
     affines = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
     n, p = len(affines), patch_size
     dev = levels[0].device
-    out = torch.empty((n, 1, p, p), dtype=torch.float32, device=dev)
+    out_np = np.empty((n, 1, p, p), np.float32) if _use_numpy(dev) else None
+    out = torch.from_numpy(out_np) if out_np is not None else torch.empty((n, 1, p, p), dtype=torch.float32, device=dev)
     if n == 0:
         return out
     scale = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2])))  # image px per patch px
     lv = pyramid_level(scale, len(levels) - 1)
-    g = torch.arange(p, dtype=torch.float32, device=dev)
-    v, u = torch.meshgrid(g, g, indexing="ij")  # patch[v, u]
-    u, v = u.reshape(1, -1), v.reshape(1, -1)  # (1, P*P)
     for level in np.unique(lv):
         img = levels[level]
         idx_all = np.flatnonzero(lv == level)
         for s in range(0, len(idx_all), CHUNK):
             idx = idx_all[s : s + CHUNK]
-            a = torch.from_numpy(_normalised(affines[idx], int(level), img.shape[2], img.shape[3])).float().to(dev)
-            grid = torch.empty((len(idx), p * p, 2), dtype=torch.float32, device=dev)  # (x, y) per patch pixel
-            for c in range(2):  # broadcasting, not a batched 2x3 @ 3xP^2 matmul (slow on CPU)
-                grid[:, :, c] = a[:, c, 0:1] * u + a[:, c, 1:2] * v + a[:, c, 2:3]
+            grid = _grid(_normalised(affines[idx], int(level), img.shape[2], img.shape[3]), p, dev)
             sampled = F.grid_sample(img, grid.reshape(1, len(idx) * p, p, 2), mode="bilinear", padding_mode="reflection",
-                                    align_corners=True)
-            out[torch.from_numpy(idx).to(dev)] = sampled.reshape(len(idx), 1, p, p)
+                                    align_corners=True).reshape(len(idx), 1, p, p)
+            if out_np is not None:
+                out_np[idx] = sampled.numpy()
+            else:
+                out.index_copy_(0, torch.from_numpy(idx).to(dev), sampled)
     return out
 
 

@@ -79,9 +79,13 @@ def _jsonable(prov: dict[str, Any]) -> dict[str, Any]:
 
 
 def provenance_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Names of the :data:`MATCHING_KEYS` whose values differ."""
+    """Names of the :data:`MATCHING_KEYS` whose values differ (a network's path may differ when
+    its weights' SHA-256 is the same)."""
     old, new = _jsonable(old), _jsonable(new)
-    return [k for k in MATCHING_KEYS if old.get(k) != new.get(k)]
+    keys = list(MATCHING_KEYS)
+    if old.get("kind") == new.get("kind") == "network" and old.get("weights_sha256") == new.get("weights_sha256"):
+        keys.remove("model")
+    return [k for k in keys if old.get(k) != new.get(k)]
 
 
 def _check_resume(path: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:

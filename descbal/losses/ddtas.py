@@ -39,7 +39,9 @@ Choices where the spec leaves room (each has an option):
   (about 1e-12 for alpha 40, base 0.7) against ``2 sigmoid(beta base)`` for positives, so the
   authors' joint normalisation (``weight_norm="joint"``) leaves every negative weight ~1e-12 of
   the positive ones and the loss loses its negative term. The default ``"separate"`` normalises
-  positive and negative weights each to a maximum of 1.
+  positive and negative weights each to a maximum of 1 (being invariant to a per-side step size,
+  it computes the negatives' meta-gradient with a step scaled by the slope ratio, far from
+  float32's floor).
 * the meta pass runs the model in eval mode (BatchNorm statistics frozen, dropout off: §5.1
   pitfall i) through ``torch.func.functional_call``; the inner step size does not change the
   ``pair_weight`` result (at ``w = 0`` the weights are linear in it), only ``threshold``'s.
@@ -74,6 +76,10 @@ from descbal.losses.registry import register_loss
 from descbal.losses.triplet import StepOutput
 
 DUPLICATE_SIM = 1.0 - 1e-6
+
+
+def _log_sigmoid(v: float) -> float:
+    return -math.log1p(math.exp(-v)) if v >= 0 else v - math.log1p(math.exp(v))
 
 
 def adaptive_tolerances(ratio: float, pos_tol: float, neg_tol: float) -> tuple[float, float, float]:
@@ -325,9 +331,21 @@ def meta_pair_weights(model: nn.Module, x_train: torch.Tensor, pairs: PairTuples
         return None
     w = torch.zeros(len(pairs), device=x_train.device, requires_grad=True)
     kp = pairs.num_pos
+    # At w = 0 the train loss has zero gradient in theta, so theta' = theta and each weight's
+    # meta-gradient is linear in its side's step size. With separate normalisation the result is
+    # invariant to a per-side step, so the negative side's step is scaled by the ratio of the two
+    # slopes at w = 0 (sigmoid(beta base) / sigmoid(-alpha base), ~1e12 for 40 / 2 / 0.7): the same
+    # weights, without meta-gradients ~1e-12 smaller than the positives' near float32's floor.
+    neg_scale = 1.0
+    if weight_norm == "separate":
+        lam = loss.base
+        neg_scale = math.exp(_log_sigmoid(loss.beta * lam) - _log_sigmoid(-loss.alpha * lam))
 
     def train_loss(f: torch.Tensor) -> torch.Tensor:
-        return loss(f, pairs, w[:kp], w[kp:])
+        sp = pair_similarities(f, None, pairs.a1, pairs.p)
+        sn = pair_similarities(f, None, pairs.a2, pairs.n)
+        lp, ln = loss.pair_losses(sp, sn, w[:kp], w[kp:])
+        return loss.reduce(lp, ln * neg_scale, pairs, f.shape[0])[0]
 
     def val_loss(f: torch.Tensor) -> torch.Tensor:
         return multi_similarity_loss(f, labels_val, val_alpha, val_beta, val_base)

@@ -89,5 +89,5 @@ def _arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool)
 def pair_distances(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Plain L2 distances ``||x_a - x_b||`` with gradient, in float32. Shape: (C,)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        diff = x[a].float() - x[b].float()
-        return diff.pow(2).sum(dim=1).sqrt()
+        # vector_norm's gradient is 0 (not NaN) at a zero difference, e.g. a lone patch taken twice
+        return torch.linalg.vector_norm(x[a].float() - x[b].float(), dim=1)

@@ -122,7 +122,11 @@ def load(path: str | Path) -> nn.Module:
             raise BadInputError(str(e), path) from None
         model = build_model(arch, **config)
         scale = None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise BadInputError(f"weights do not fit {model.arch}: {first[:200]}", path) from None
     # BatchNorm's num_batches_tracked is absent from old releases; anything else is an error.
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

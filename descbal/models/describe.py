@@ -72,11 +72,14 @@ def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 204
     small = resize_linear_u8(patches) if patches.shape[1:] != (32, 32) else np.asarray(patches, np.uint8)
     scale = float(getattr(model, "input_scale", 1.0))
     out = []
-    for s in range(0, len(small), batch_size):
-        x = torch.from_numpy(small[s : s + batch_size]).to(dev).float().unsqueeze(1) * scale
-        out.append(model(x).float().cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, 0), np.float32)
+    try:
+        for s in range(0, len(small), batch_size):
+            x = torch.from_numpy(small[s : s + batch_size]).to(dev).float().unsqueeze(1) * scale
+            out.append(model(x).float().cpu())
+        if not out:  # the descriptor width, from one blank patch
+            dim = model(torch.zeros(1, 1, 32, 32, device=dev)).shape[1]
+            return np.zeros((0, dim), np.float32)
+    finally:
+        model.train(was_training)
     return torch.cat(out).numpy()
 

@@ -49,8 +49,8 @@ class ClassBatchSampler:
         uniq, start, count = np.unique(labels[order], return_index=True, return_counts=True)
         if num_classes > len(uniq):
             raise ValueError(f"batch of {num_classes} classes, but the data have only {len(uniq)}")
-        if npos < 1:
-            raise ValueError("npos must be >= 1")
+        if npos < 2:
+            raise ValueError("npos must be >= 2 (every class needs a positive pair)")
         self.members = order
         self.class_ids = uniq
         self.start = start

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import descbal
+import descbal.losses.seeds  # noqa: F401  (registers ddtas, memory_contrastive, osm_caa)
 import descbal.losses.triplet  # noqa: F401  (registers the baseline loss)
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import PatchSet, load_patchset
@@ -55,7 +56,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BadInputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BadInputError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"device {name!r} requested but CUDA is not available")
     return dev
@@ -135,6 +141,8 @@ class Trainer:
         self.device = resolve_device(cfg.loop.device)
         self.train_set = train_set
         self.val_set = val_set
+        if cfg.loop.seed < 0:
+            raise BadInputError("config: loop.seed must be >= 0")
         torch.manual_seed(cfg.loop.seed)  # the initial weights derive from the seed too
         try:
             self.model = build_model(cfg.model.name, **cfg.model.params).to(self.device)

@@ -1,0 +1,154 @@
+"""Speed of ``descbal extract``'s patch + descriptor stage against a naive per-keypoint loop.
+
+Case: one 1024x768 gray photo (``train-pool/mods__river1.jpg`` from ``../shared/data`` when
+present, else a generated texture) with its 2,000 strongest SIFT keypoints (detected once, not
+timed: detection is the same for both). Same model, same keypoints, same device, same run:
+
+* **batched** (descbal): the image pyramid to the device once, every patch sampled by
+  ``grid_sample`` in one batch (:mod:`descbal.extract.sampling`), descriptors in batches of
+  ``--batch-size`` (:class:`descbal.extract.describers.NetworkDescriber`);
+* **naive crop loop**: one ``cv2.warpAffine`` per keypoint (32x32, the same affine, bilinear,
+  BORDER_REFLECT_101, straight from the full-resolution image), the stack then described in
+  the same batches;
+* **naive per-keypoint**: the same crop loop with one forward pass per keypoint (timed on
+  ``--per-keypoint`` keypoints and extrapolated linearly to 2,000, which the table says).
+
+Reported per device (CPU, and CUDA when available): images/s for the patch stage alone and end
+to end (patches + descriptors), median of ``--repeats`` runs after one warm-up, and the speed-up
+of batched over each naive variant. Target: >= 10x the naive loop on the same device.
+
+Usage: ``python benchmarks/extract.py [--model hardnet|tfeat|PATH] [--repeats 5] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from descbal.extract.describers import NetworkDescriber
+from descbal.extract.detectors import detect
+from descbal.extract.sampling import pyramid_tensors, sample_patches
+from descbal.geometry import PatchGeometry, patch_affines
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+W, H, N_KP = 1024, 768, 2000
+
+
+def load_image() -> tuple[np.ndarray, str]:
+    photo = SHARED / "train-pool" / "mods__river1.jpg"
+    if photo.is_file():
+        img = cv2.imread(str(photo), cv2.IMREAD_GRAYSCALE)
+        if img is not None and img.shape == (H, W):
+            return img, photo.name
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(0, 256, (H // 6, W // 6), dtype=np.uint8), (W, H), interpolation=cv2.INTER_CUBIC)
+    return cv2.GaussianBlur(img, (0, 0), 1.0), "generated texture"
+
+
+def load_model(spec: str) -> torch.nn.Module:
+    from descbal.models import build_model, load
+
+    if Path(spec).exists():
+        return load(spec)
+    return build_model(spec)
+
+
+def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up."""
+    fn()
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    geo = PatchGeometry()
+    desc = NetworkDescriber(model, geo, dev, args.batch_size)
+    aff = patch_affines(kps.xy, kps.size, kps.angle, geo, 32)
+
+    def naive_patches() -> torch.Tensor:
+        crops = [cv2.warpAffine(img, a, (32, 32), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REFLECT_101) for a in aff]
+        return torch.from_numpy(np.stack(crops)).to(dev).float().unsqueeze(1)
+
+    def batched_patches() -> torch.Tensor:
+        return sample_patches(pyramid_tensors(img, dev), kps.xy, kps.size, kps.angle, geo, 32)
+
+    n_one = min(args.per_keypoint, len(aff))
+
+    @torch.inference_mode()
+    def naive_per_keypoint() -> None:
+        for a in aff[:n_one]:
+            crop = cv2.warpAffine(img, a, (32, 32), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT_101)
+            x = torch.from_numpy(crop).to(dev).float()[None, None] * desc.scale
+            desc.model(x).cpu()
+
+    t_naive_p = timed(naive_patches, args.repeats, sync)
+    t_batch_p = timed(batched_patches, args.repeats, sync)
+    t_naive_e = timed(lambda: desc.describe_patches(naive_patches()), args.repeats, sync)
+    t_batch_e = timed(lambda: desc.describe_patches(batched_patches()), args.repeats, sync)
+    t_one = timed(naive_per_keypoint, max(1, args.repeats // 2), sync) * len(aff) / n_one
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    rows = [
+        {"device": name, "stage": "patches", "method": "naive crop loop (warpAffine)", "images_per_s": 1 / t_naive_p},
+        {"device": name, "stage": "patches", "method": "batched (pyramid + grid_sample)", "images_per_s": 1 / t_batch_p,
+         "speedup": t_naive_p / t_batch_p},
+        {"device": name, "stage": "end to end", "method": "naive per-keypoint (crop + forward each)"
+         + (f", extrapolated from {n_one}" if n_one < len(aff) else ""), "images_per_s": 1 / t_one},
+        {"device": name, "stage": "end to end", "method": "naive crop loop + batched forward", "images_per_s": 1 / t_naive_e},
+        {"device": name, "stage": "end to end", "method": "batched (descbal extract)", "images_per_s": 1 / t_batch_e,
+         "speedup": t_naive_e / t_batch_e, "speedup_vs_per_keypoint": t_one / t_batch_e},
+    ]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="hardnet", help="registered architecture (random weights) or a weights file")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--per-keypoint", type=int, default=50, help="keypoints timed for the per-keypoint variant")
+    ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    img, source = load_image()
+    kps = detect(img, "sift", N_KP)
+    model = load_model(args.model)
+    print(f"image {source} {img.shape[1]}x{img.shape[0]}, {len(kps)} SIFT keypoints, model {args.model}, "
+          f"torch {torch.__version__}, OpenCV {cv2.__version__}", file=sys.stderr)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and not args.cpu_only else [])
+    rows = []
+    for dev in devices:
+        rows += run_device(dev, img, kps, model, args)
+    print("| device | stage | method | images/s | speed-up |")
+    print("|---|---|---|---:|---:|")
+    for r in rows:
+        sp = ""
+        if "speedup" in r:
+            sp = f"{r['speedup']:.1f}x vs naive crop loop"
+            if "speedup_vs_per_keypoint" in r:
+                sp += f"; {r['speedup_vs_per_keypoint']:.1f}x vs per-keypoint"
+        print(f"| {r['device']} | {r['stage']} | {r['method']} | {r['images_per_s']:.3g} | {sp} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"image": source, "keypoints": len(kps), "model": args.model,
+                                               "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
