@@ -504,6 +504,8 @@ def train_cmd(
     val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the shipped recipes and exit.")] = False,
+    show_recipe: Annotated[str | None, typer.Option("--show-recipe", help="Print a recipe's TOML (to copy) and exit.")]
+    = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -518,6 +520,9 @@ def train_cmd(
     if list_recipes:
         for name in recipe_names():
             typer.echo(name)
+        return
+    if show_recipe is not None:
+        typer.echo(recipe_text(show_recipe), nl=False)
         return
     if resume is not None:
         if config or recipe or set_ or data or val:

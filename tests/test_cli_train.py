@@ -278,3 +278,13 @@ def test_eval_hpatches_model_errors(trained: tuple[Path, dict], hpatches: Path, 
     write_split(tmp_path / "tasks", "a", ["v_missing"])
     one_line_error(run("eval", "hpatches", "--model", trained[0], "--patches", hpatches, "--tasks", tmp_path / "tasks",
                        "--task", "matching"), 2, "v_missing")
+
+
+def test_show_recipe_prints_copyable_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    res = runner.invoke(app, ["train", "--show-recipe", "self-tnet"])
+    assert res.exit_code == 0
+    doc = tomllib.loads(res.stdout)
+    assert doc["loss"]["name"] == "balance" and doc["anneal"]["enabled"] is True
+    assert runner.invoke(app, ["train", "--show-recipe", "nope"]).exit_code == 2
