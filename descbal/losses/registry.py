@@ -1,30 +1,9 @@
-"""Registries of losses (per-class loss functions over mined tuples)."""
+"""The registry of losses: ``@register_loss("name")`` on a class, ``build_loss(name, **params)``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from descbal.registry import Registry
 
-T = TypeVar("T", bound=type)
-
-LOSSES: dict[str, type] = {}
-
-
-def register_loss(name: str) -> Callable[[T], T]:
-    """Class decorator adding a loss to :data:`LOSSES`."""
-
-    def deco(cls: T) -> T:
-        cls.name = name  # type: ignore[attr-defined]
-        LOSSES[name] = cls
-        return cls
-
-    return deco
-
-
-def build_loss(name: str, **params: Any) -> Any:
-    """Instantiate a registered loss; ValueError listing the known names otherwise."""
-    try:
-        cls = LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}") from None
-    return cls(**params)
+LOSSES = Registry("loss", "name")
+register_loss = LOSSES.register
+build_loss = LOSSES.build

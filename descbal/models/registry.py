@@ -7,31 +7,8 @@ the input is ``uint8_patch * input_scale`` (e.g. 1/255 for networks trained on [
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from descbal.registry import Registry
 
-from torch import nn
-
-M = TypeVar("M", bound=type[nn.Module])
-
-MODELS: dict[str, type[nn.Module]] = {}
-
-
-def register_model(name: str) -> Callable[[M], M]:
-    """Class decorator adding a model to :data:`MODELS` under ``name``."""
-
-    def deco(cls: M) -> M:
-        cls.arch = name  # type: ignore[attr-defined]
-        MODELS[name] = cls
-        return cls
-
-    return deco
-
-
-def build_model(name: str, **config: Any) -> nn.Module:
-    """Instantiate a registered model; ValueError listing the known names otherwise."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}") from None
-    return cls(**config)
+MODELS = Registry("model", "arch")
+register_model = MODELS.register
+build_model = MODELS.build
