@@ -83,12 +83,7 @@ def main() -> None:
     split_names = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
     for (label, m), res in zip(models.items(), seqs["models"], strict=True):
         mma = res["mma"]["overall"]
-        if m == "sift":
-            from descbal.quickstart import _classical_descriptors
-
-            desc = _classical_descriptors(bench / "patches", split_names, "sift")
-        else:
-            desc = hpatches_descriptors(load(m), bench / "patches", split_names, device="cpu")
+        desc = hpatches_descriptors(m if m == "sift" else load(m), bench / "patches", split_names, device="cpu")
         head = evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
         rows.append((label, mma[0], mma[2], mma[4], res["homography_accuracy"]["overall"]["3"], head))
     print(f"\nSelf-supervised training on {DATA / 'train-pool'} ({len(pool)} patches); evaluation on "

@@ -133,7 +133,7 @@ def eval_hpatches(
     if model is not None:
         if patches is None:
             raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
-        from descbal.eval.model_eval import export_csv as write_csvs
+        from descbal.eval.hpatches_io import write_descriptor_tree
         from descbal.eval.model_eval import hpatches_descriptors
         from descbal.models import load
         from descbal.train.trainer import resolve_device
@@ -141,7 +141,7 @@ def eval_hpatches(
         dev = resolve_device(device)
         desc = hpatches_descriptors(load(model).to(dev), patches, spl["test"], device=dev)
         if export_csv is not None:
-            write_csvs(desc, export_csv)
+            write_descriptor_tree(export_csv, desc)
     else:
         desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
     chosen = [t.value for t in task] if task else list(TASKS)

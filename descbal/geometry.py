@@ -19,7 +19,6 @@ Patch pixel (u, v), with centres at 0..P-1, maps to the image point
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +109,40 @@ def sample_patch(pyramid: list[NDArray[np.uint8]], map_x: NDArray[np.float32], m
                      cv2.INTER_LINEAR, borderMode=flag)
 
 
-def angle_of(affine: NDArray[np.floating]) -> float:
-    """Rotation angle (radians) of a 2x2 (or 2x3) similarity part."""
-    return math.atan2(float(affine[1, 0]), float(affine[0, 0]))
+def apply_homography(hm: NDArray[np.floating], pts: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Points through a 3x3 homography (with the perspective division). Shape: (..., 2) -> (..., 2)."""
+    p = np.asarray(pts, dtype=np.float64)
+    q = p @ np.asarray(hm)[:, :2].T + np.asarray(hm)[:, 2]
+    return q[..., :2] / q[..., 2:3]
+
+
+def homography_jacobian(hm: NDArray[np.floating], pts: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Jacobians of a homography at points. Shape: (N, 2) -> (N, 2, 2)."""
+    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    x, y = p[:, 0], p[:, 1]
+    w = hm[2, 0] * x + hm[2, 1] * y + hm[2, 2]
+    u = hm[0, 0] * x + hm[0, 1] * y + hm[0, 2]
+    v = hm[1, 0] * x + hm[1, 1] * y + hm[1, 2]
+    j = np.empty((len(p), 2, 2))
+    j[:, 0, 0] = (hm[0, 0] * w - u * hm[2, 0]) / w**2
+    j[:, 0, 1] = (hm[0, 1] * w - u * hm[2, 1]) / w**2
+    j[:, 1, 0] = (hm[1, 0] * w - v * hm[2, 0]) / w**2
+    j[:, 1, 1] = (hm[1, 1] * w - v * hm[2, 1]) / w**2
+    return j
+
+
+def sample_warped_patch(pyramid: list[NDArray[np.uint8]], affine: NDArray[np.floating], homography: NDArray | None,
+                        scale: float, patch_size: int) -> NDArray[np.uint8]:
+    """One patch whose pixels map through ``affine`` (patch -> frame) and then, if given, through
+    ``homography`` (frame -> image), sampled anti-aliased by :func:`sample_patch`.
+
+    ``scale``: image pixels per patch pixel (chooses the pyramid level).
+    Shape: -> (patch_size, patch_size) uint8.
+    """
+    g = np.arange(patch_size, dtype=np.float64)
+    u, v = np.meshgrid(g, g)
+    pts = np.stack([affine[0, 0] * u + affine[0, 1] * v + affine[0, 2],
+                    affine[1, 0] * u + affine[1, 1] * v + affine[1, 2]], axis=-1)
+    if homography is not None:
+        pts = apply_homography(homography, pts)
+    return sample_patch(pyramid, pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32), scale)

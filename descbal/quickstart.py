@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from descbal.classical import get_classical
 from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import load_patchset
@@ -25,7 +24,6 @@ from descbal.data.selfsup import PoolConfig, cache_images
 from descbal.data.synthetic import synthetic_sequence, write_sequence
 from descbal.errors import DataMissingError
 from descbal.eval.hpatches import evaluate_hpatches
-from descbal.eval.hpatches_io import TYPES, HPatchesDescriptors
 from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
 from descbal.models import build_model
 from descbal.recipes import recipe_text
@@ -108,7 +106,7 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     candidates = [("Self-TNet small (trained)", trainer.model), ("HyNet untrained", untrained), ("SIFT", None)]
     for label, model in candidates:
         if model is None:
-            desc = _classical_descriptors(bench / "patches", seqs, "sift")
+            desc = hpatches_descriptors("sift", bench / "patches", seqs)
             fpr = None
         else:
             desc = hpatches_descriptors(model, bench / "patches", seqs, device="cpu")
@@ -118,14 +116,3 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     return {"rows": rows, "model": str(run_dir / "model.pt"), "benchmark": str(bench), "pool": str(pool_path),
             "sequences": seqs}
 
-
-def _classical_descriptors(release: Path, sequences: list[str], name: str) -> HPatchesDescriptors:
-    from descbal.data.hpatches_data import read_hpatches_sequence
-
-    fn = get_classical(name)
-    out = {}
-    for s in sequences:
-        imgs = read_hpatches_sequence(release / s)
-        arr = np.stack([imgs[t] for t in TYPES])
-        out[s] = fn(arr.reshape(-1, *arr.shape[2:])).reshape(16, arr.shape[1], -1)
-    return HPatchesDescriptors(out)

@@ -16,9 +16,9 @@ from descbal.data.hpatches_data import (
     load_hpatches_cache,
     read_hpatches_sequence,
     read_patch_column,
+    write_patch_release,
 )
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.example import write_patch_release
 from descbal.eval.hpatches_io import TYPES
 
 LENGTHS = {"i_ajuntament": 5, "v_boat": 7, "v_churchill": 3}

@@ -108,7 +108,7 @@ def make_hpatches_release(root: Path, sequences: dict[str, int], seed: int = 0) 
     crops (3 px apart) of one texture per sequence; the 15 target images shift each crop by up
     to 1, 2 or 3 px (e, h, t) and add noise, so matching is hard enough to give non-trivial
     numbers. Returns sequence -> (16, N, 65, 65) uint8."""
-    from descbal.eval.example import write_patch_release
+    from descbal.data.hpatches_data import write_patch_release
 
     rng = np.random.default_rng(seed)
     data = {}

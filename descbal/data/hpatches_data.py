@@ -36,6 +36,7 @@ from descbal.data.patchset import (
     no_progress,
     prefetch,
     read_attrs,
+    read_groups,
 )
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.hpatches_io import TYPES
@@ -212,19 +213,7 @@ def load_hpatches_cache(path: str | Path, sequences: Sequence[str] | None = None
         BadInputError: not HDF5, a requested sequence that is absent, or a sequence whose 16
             datasets are missing or of inconsistent shapes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataMissingError("HPatches cache not found", path)
-    try:
-        with h5py.File(path, "r", locking=False) as h5:
-            names = list(sequences) if sequences is not None else sorted(h5)
-            absent = [s for s in names if not isinstance(h5.get(s), h5py.Group)]
-            if absent:
-                raise BadInputError(f"sequence(s) not in the cache: {', '.join(absent[:10])}"
-                                    + (" ..." if len(absent) > 10 else ""), path)
-            return {s: _read_group(h5[s], path) for s in names}
-    except OSError as e:
-        raise BadInputError(f"not a readable HDF5 file ({e})", path) from None
+    return read_groups(path, sequences, _read_group, "HPatches")
 
 
 def _read_group(g: h5py.Group, path: Path) -> NDArray[np.uint8]:
@@ -243,3 +232,15 @@ def _read_group(g: h5py.Group, path: Path) -> NDArray[np.uint8]:
         if out[i].size:
             ds.read_direct(out[i])
     return out
+
+
+def write_patch_release(root: str | Path, sequences: dict[str, NDArray[np.uint8]]) -> None:
+    """Write ``root/<seq>/<type>.png`` (65 px wide, patches stacked vertically)."""
+    for name, data in sequences.items():
+        for t, patches in zip(TYPES, data, strict=True):
+            path = Path(root) / name / f"{t}.png"
+            ok, buf = cv2.imencode(".png", patches.reshape(-1, patches.shape[-1]))
+            if not ok:
+                raise OSError(f"cannot encode {path}")
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(buf.tobytes())

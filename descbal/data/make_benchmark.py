@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from descbal.data.hpatches_data import write_patch_release
 from descbal.data.selfsup import detect
 from descbal.data.sequences import list_sequence_folders, read_sequence
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.example import write_patch_release
 from descbal.eval.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
-from descbal.geometry import PatchGeometry, build_pyramid, patch_affines
+from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patch
 
 PATCH = 65
 #: Jitter per level as (max rotation deg, max |log2 scale| per axis, max translation as a fraction
@@ -101,20 +101,6 @@ def _gray(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
 
 
-def _sample(pyr: list[NDArray[np.uint8]], aff: NDArray, hm: NDArray | None, scale: float) -> NDArray[np.uint8]:
-    g = np.arange(PATCH, dtype=np.float64)
-    u, v = np.meshgrid(g, g)
-    x = aff[0, 0] * u + aff[0, 1] * v + aff[0, 2]
-    y = aff[1, 0] * u + aff[1, 1] * v + aff[1, 2]
-    if hm is not None:
-        w = hm[2, 0] * x + hm[2, 1] * y + hm[2, 2]
-        x, y = (hm[0, 0] * x + hm[0, 1] * y + hm[0, 2]) / w, (hm[1, 0] * x + hm[1, 1] * y + hm[1, 2]) / w
-    lv = int(np.clip(np.floor(np.log2(max(scale, 1e-9))), 0, len(pyr) - 1))
-    f = 1.0 / (1 << lv)
-    return cv2.remap(pyr[lv], (x * f).astype(np.float32), (y * f).astype(np.float32), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REFLECT_101)
-
-
 def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generator) -> NDArray[np.uint8]:
     """The 16 patch images of one sequence. Shape: (16, N, 65, 65) uint8 in TYPES order."""
     seq = read_sequence(folder)
@@ -138,13 +124,14 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
     out = np.empty((16, len(xy), PATCH, PATCH), np.uint8)
     pyr_ref = build_pyramid(ref)
     for i in range(len(xy)):
-        out[0, i] = _sample(pyr_ref, aff[i], None, scale[i])
+        out[0, i] = sample_warped_patch(pyr_ref, aff[i], None, scale[i], PATCH)
     c = (PATCH - 1) / 2.0
     for li, level in enumerate("eht"):
         for k in range(2, 7):
             tgt = _gray(seq.image(k))
             pyr = build_pyramid(tgt)
             hm = seq.homographies[k]
+            h_scale = np.sqrt(np.abs(np.linalg.det(homography_jacobian(hm, xy))))  # local zoom of H
             jit = jitter_matrix(level, rng, len(xy))
             for i in range(len(xy)):
                 # jitter in the patch frame (half-side units), then the reference frame, then H
@@ -156,20 +143,8 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
                 local[:2, :2] = j[:, :2]
                 local[:2, 2] = np.array([c, c]) - j[:, :2] @ np.array([c, c]) + j[:, 2]
                 a = (frame @ local)[:2]
-                jac = _h_scale(hm, xy[i])
-                out[1 + li * 5 + (k - 2), i] = _sample(pyr, a, hm, scale[i] * jac)
+                out[1 + li * 5 + (k - 2), i] = sample_warped_patch(pyr, a, hm, scale[i] * h_scale[i], PATCH)
     return out
-
-
-def _h_scale(hm: NDArray, pt: NDArray) -> float:
-    """Local linear scale of a homography at a point (sqrt |det J|)."""
-    x, y = float(pt[0]), float(pt[1])
-    w = hm[2, 0] * x + hm[2, 1] * y + hm[2, 2]
-    u = hm[0, 0] * x + hm[0, 1] * y + hm[0, 2]
-    v = hm[1, 0] * x + hm[1, 1] * y + hm[1, 2]
-    j = np.array([[hm[0, 0] * w - u * hm[2, 0], hm[0, 1] * w - u * hm[2, 1]],
-                  [hm[1, 0] * w - v * hm[2, 0], hm[1, 1] * w - v * hm[2, 1]]]) / w**2
-    return float(math.sqrt(abs(np.linalg.det(j))))
 
 
 def make_benchmark(sequences_dir: str | Path, out: str | Path, cfg: BenchmarkConfig = BenchmarkConfig(),

@@ -277,3 +277,26 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator
             yield window.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_groups(path: str | Path, names: Iterable[str] | None, read: Callable[[h5py.Group, Path], R],
+                what: str) -> dict[str, R]:
+    """Read named top-level groups of an HDF5 cache (all, sorted, when ``names`` is None).
+
+    Raises:
+        DataMissingError: the file does not exist.
+        BadInputError: not HDF5, or a requested group is absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataMissingError(f"{what} cache not found", path)
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            wanted = list(names) if names is not None else sorted(h5)
+            absent = [n for n in wanted if not isinstance(h5.get(n), h5py.Group)]
+            if absent:
+                raise BadInputError(f"sequence(s) not in the cache: {', '.join(absent[:10])}"
+                                    + (" ..." if len(absent) > 10 else ""), path)
+            return {n: read(h5[n], path) for n in wanted}
+    except OSError as e:
+        raise BadInputError(f"not a readable HDF5 file ({e})", path) from None

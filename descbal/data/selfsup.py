@@ -39,7 +39,14 @@ from descbal.data.patchset import (
     write_patchset,
 )
 from descbal.errors import BadInputError, DataMissingError
-from descbal.geometry import PatchGeometry, build_pyramid, patch_affines
+from descbal.geometry import (
+    PatchGeometry,
+    apply_homography,
+    build_pyramid,
+    homography_jacobian,
+    patch_affines,
+    sample_warped_patch,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -111,25 +118,6 @@ def random_homography(rng: np.random.Generator, w: int, h: int, cfg: PoolConfig)
     return cv2.getPerspectiveTransform(corners.astype(np.float32), moved.astype(np.float32)).astype(np.float64)
 
 
-def _apply_h(hm: NDArray, pts: NDArray) -> NDArray:
-    q = pts @ hm[:, :2].T + hm[:, 2]
-    return q[..., :2] / q[..., 2:3]
-
-
-def _jacobian(hm: NDArray, pt: NDArray) -> NDArray:
-    """(N, 2, 2) Jacobians of the homography at points (N, 2)."""
-    x, y = pt[:, 0], pt[:, 1]
-    w = hm[2, 0] * x + hm[2, 1] * y + hm[2, 2]
-    u = hm[0, 0] * x + hm[0, 1] * y + hm[0, 2]
-    v = hm[1, 0] * x + hm[1, 1] * y + hm[1, 2]
-    j = np.empty((len(pt), 2, 2))
-    j[:, 0, 0] = (hm[0, 0] * w - u * hm[2, 0]) / w**2
-    j[:, 0, 1] = (hm[0, 1] * w - u * hm[2, 1]) / w**2
-    j[:, 1, 0] = (hm[1, 0] * w - v * hm[2, 0]) / w**2
-    j[:, 1, 1] = (hm[1, 1] * w - v * hm[2, 1]) / w**2
-    return j
-
-
 def _photometric(p: NDArray[np.float32], rng: np.random.Generator, cfg: PoolConfig) -> NDArray[np.uint8]:
     gain = math.exp(rng.uniform(math.log(cfg.gain[0]), math.log(cfg.gain[1])))
     gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
@@ -156,15 +144,12 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
         return np.zeros((0, cfg.patch_size, cfg.patch_size), np.uint8), np.zeros(0, np.int64)
     pyr = build_pyramid(image)
     ps = cfg.patch_size
-    g = np.arange(ps, dtype=np.float64)
-    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)  # (P*P, 2) as (u, v)
-    grid_h = np.concatenate([grid, np.ones((len(grid), 1))], 1)
     patches, owner = [], []
     for v in range(cfg.views):
         hm = np.eye(3) if v == 0 else random_homography(rng, w, h, cfg)
         hinv = np.linalg.inv(hm)
-        c_v = _apply_h(hm, xy)
-        jac = _jacobian(hm, xy)
+        c_v = apply_homography(hm, xy)
+        jac = homography_jacobian(hm, xy)
         s_j = np.sqrt(np.abs(np.linalg.det(jac)))
         rot_j = np.degrees(np.arctan2(jac[:, 1, 0] - jac[:, 0, 1], jac[:, 0, 0] + jac[:, 1, 1]))
         size_v = size * s_j * 2.0 ** rng.normal(0, cfg.scale_noise, n)
@@ -174,13 +159,9 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
         aff = patch_affines(c_v, size_v, ang_v, cfg.geometry, ps)
         view_rng = np.random.default_rng(rng.integers(2**63))
         for k in np.flatnonzero(inside):
-            q = grid_h @ aff[k].T  # (P*P, 2) in view coordinates
-            src = _apply_h(hinv, q).astype(np.float32)
+            # the view is rendered implicitly: view pixels map back to the photo through H^-1
             scale = cfg.geometry.mag * size_v[k] / ps / s_j[k]
-            lv = int(np.clip(np.floor(np.log2(max(scale, 1e-9))), 0, len(pyr) - 1))
-            f = np.float32(1.0 / (1 << lv))
-            raw = cv2.remap(pyr[lv], (src[:, 0] * f).reshape(ps, ps), (src[:, 1] * f).reshape(ps, ps),
-                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            raw = sample_warped_patch(pyr, aff[k], hinv, scale, ps)
             patches.append(raw.astype(np.float32) if v else raw)
             owner.append(k)
         if v:

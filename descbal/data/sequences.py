@@ -41,6 +41,7 @@ from descbal.data.patchset import (
     no_progress,
     prefetch,
     read_attrs,
+    read_groups,
 )
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
@@ -268,18 +269,7 @@ def load_sequences(path: str | Path, names: list[str] | None = None) -> list[Seq
         DataMissingError: the file does not exist.
         BadInputError: not HDF5, a requested sequence that is absent, or a malformed group.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataMissingError("sequences cache not found", path)
-    try:
-        with h5py.File(path, "r", locking=False) as h5:
-            names = list(names) if names is not None else sorted(h5)
-            absent = [n for n in names if not isinstance(h5.get(n), h5py.Group)]
-            if absent:
-                raise BadInputError(f"sequence(s) not in the cache: {', '.join(absent)}", path)
-            return [_read_group(h5[n], path) for n in names]
-    except OSError as e:
-        raise BadInputError(f"not a readable HDF5 file ({e})", path) from None
+    return list(read_groups(path, names, _read_group, "sequences").values())
 
 
 def _read_group(g: h5py.Group, path: Path) -> Sequence:

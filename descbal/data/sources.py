@@ -164,30 +164,20 @@ _TASK_SHA256: dict[tuple[str, str], str] = {
 _TASK_KINDS: tuple[str, ...] = ("verif_pos", "verif_neg_intra", "verif_neg_inter", "retr_queries", "retr_distractors")
 
 
+def _hf_release(name: str) -> list[RemoteFile]:
+    """A release zip of the Hugging Face dataset, extracted to ``hpatches/<name>``."""
+    return [RemoteFile(key=f"hpatches/{name}", filename=f"{name}.zip", mirrors=(Mirror(_HF + f"{name}.zip", None),),
+                       archive=True, dest=f"hpatches/{name}")]
+
+
 def _hpatches_patches() -> list[RemoteFile]:
     """The patch release (about 4.2 GB zip), extracted to ``hpatches/hpatches-release``."""
-    return [
-        RemoteFile(
-            key="hpatches/hpatches-release",
-            filename="hpatches-release.zip",
-            mirrors=(Mirror(_HF + "hpatches-release.zip", None),),
-            archive=True,
-            dest="hpatches/hpatches-release",
-        )
-    ]
+    return _hf_release("hpatches-release")
 
 
 def _hpatches_sequences() -> list[RemoteFile]:
     """The full-image sequence release, extracted to ``hpatches/hpatches-sequences-release``."""
-    return [
-        RemoteFile(
-            key="hpatches/hpatches-sequences-release",
-            filename="hpatches-sequences-release.zip",
-            mirrors=(Mirror(_HF + "hpatches-sequences-release.zip", None),),
-            archive=True,
-            dest="hpatches/hpatches-sequences-release",
-        )
-    ]
+    return _hf_release("hpatches-sequences-release")
 
 
 def _hpatches_tasks() -> list[RemoteFile]:

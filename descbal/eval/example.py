@@ -19,10 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from descbal.classical import get_classical
+from descbal.data.hpatches_data import write_patch_release
 from descbal.eval.hpatches import ProgressFn, evaluate_hpatches
-from descbal.eval.hpatches_io import TYPES, load_descriptors, write_descriptor_csv
+from descbal.eval.hpatches_io import load_descriptors, write_descriptor_tree
+from descbal.eval.model_eval import describe_hpatches
 from descbal.eval.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
-from descbal.fileio import atomic_path
 
 PATCH = 65
 SPLIT = "example"
@@ -90,25 +91,6 @@ def make_example_patches(seed: int = 0, num_sequences: int = 6, patches_per_sequ
     return out
 
 
-def write_patch_release(root: str | Path, sequences: dict[str, NDArray[np.uint8]]) -> None:
-    """Write ``root/<seq>/<type>.png`` (65 px wide, patches stacked vertically)."""
-    for name, data in sequences.items():
-        for t, patches in zip(TYPES, data, strict=True):
-            path = Path(root) / name / f"{t}.png"
-            ok, buf = cv2.imencode(".png", patches.reshape(-1, PATCH))
-            if not ok:
-                raise OSError(f"cannot encode {path}")
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(buf.tobytes())
-
-
-def write_descriptor_csvs(root: str | Path, descriptors: dict[str, NDArray[np.float32]]) -> None:
-    """Write official-layout CSVs (``%10.5f``, comma) from sequence -> (16, N, D) arrays."""
-    for name, data in descriptors.items():
-        for t, d in zip(TYPES, data, strict=True):
-            write_descriptor_csv(Path(root) / name / f"{t}.csv", d)
-
-
 def run_example(
     out_dir: str | Path,
     descriptor: str = "sift",
@@ -130,9 +112,8 @@ def run_example(
     seqs = make_example_patches(seed, patches_per_sequence=patches_per_sequence)
     write_patch_release(out_dir / "patches", seqs)
     fn = describe or get_classical(descriptor)
-    desc = {name: fn(data.reshape(-1, PATCH, PATCH)).reshape(16, data.shape[1], -1) for name, data in seqs.items()}
     desc_dir = out_dir / "descriptors" / descriptor
-    write_descriptor_csvs(desc_dir, desc)
+    write_descriptor_tree(desc_dir, describe_hpatches(seqs, fn))
     tasks = out_dir / "tasks"
     write_splits(tasks, {SPLIT: list(seqs)})
     lengths = {k: v.shape[1] for k, v in seqs.items()}

@@ -14,7 +14,6 @@ Task folder (the benchmark's ``tasks/``): ``splits/splits.json`` (or ``splits.js
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,14 +425,15 @@ def task_file(tasks_dir: str | Path, kind: str, split: str) -> Path:
     return Path(tasks_dir) / f"{kind}_split-{split}.csv"
 
 
-def descriptor_folder_sequences(root: str | Path) -> list[str]:
-    """Names of the sequence folders under a descriptor tree (for messages and listings)."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir())
-
-
-
 def write_descriptor_csv(path: str | Path, arr: NDArray[np.floating]) -> None:
     """Write one descriptor CSV in the format of the official extraction scripts
     (``%10.5f``, comma-separated), atomically. Shape: (N, D)."""
     with atomic_path(path) as tmp:
         np.savetxt(tmp, np.asarray(arr), fmt="%10.5f", delimiter=",")
+
+
+def write_descriptor_tree(root: str | Path, descriptors: HPatchesDescriptors) -> None:
+    """Write the official layout ``root/<seq>/<type>.csv`` (``%10.5f``) for every sequence."""
+    for seq, arr in descriptors.data.items():
+        for t, d in zip(TYPES, arr, strict=True):
+            write_descriptor_csv(Path(root) / seq / f"{t}.csv", d)
