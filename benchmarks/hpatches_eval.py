@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from descbal.data.taskgen import write_splits, write_verification_tasks
 from descbal.eval.hpatches_io import TYPES, write_descriptor_csv
-from descbal.eval.taskgen import write_splits, write_verification_tasks
 
 SEED = 20240611
 NOISE = {"e": 0.35, "h": 0.6, "t": 0.85}
@@ -177,9 +177,9 @@ def _read_rows(path: Path, limit: int) -> list:
 def baseline(work: Path, fraction: float = 0.01, match_seqs: int = 4) -> dict:
     """Time the official-style baseline on samples, extrapolate, and compare with descbal on the
     same samples (sampled task files written to ``work/sample-tasks``)."""
+    from descbal.data.taskgen import write_splits
     from descbal.eval.hpatches import evaluate_hpatches
     from descbal.eval.hpatches_io import get_split, load_descriptors
-    from descbal.eval.taskgen import write_splits
 
     tasks = work / "tasks"
     seqs = get_split(tasks, "a")["test"]

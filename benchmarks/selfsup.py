@@ -1,25 +1,37 @@
 """Self-supervised training on real photos, evaluated on real sequences (issue evidence).
 
 Trains HyNet on a pool built by ``descbal cache images`` from ``../shared/data/train-pool`` (80
-real photos) -- with the balance loss (Self-TNet small schedule) and with the triplet baseline --
-and evaluates, next to SIFT, the published TFeat (liberty) weights and the **untrained**
-network, on the real viewpoint sequences of ``../shared/data/hpatches-sequences`` (v_churchill,
-v_wormhole, v_dogman):
+real photos) and evaluates, next to SIFT, the published TFeat (liberty) weights and the
+**untrained** network, on the real viewpoint sequences of ``../shared/data/hpatches-sequences``
+(v_churchill, v_wormhole, v_dogman):
 
 * mean matching accuracy at 1..10 px with DoG keypoints and mutual nearest neighbours
   (``descbal eval sequences``; the D2-Net protocol), reported at 3 px (MMA@3);
 * the HPatches protocol on the HPatches-format benchmark ``descbal make-benchmark`` builds from
   the same sequences.
 
-Usage: ``python benchmarks/selfsup.py [--steps 600] [--classes 64]``. Target: mean MMA@3 >= 0.62.
+One run trains one model per ``--pool`` x ``--loss`` pair (Self-TNet small schedule stretched
+to ``--steps``; annealing off). Pool presets (:data:`POOLS`) change how the photos become
+patches. Several runs (say one per pool, in parallel on one GPU) each write ``--json``;
+``--merge A.json B.json ...`` prints their rows as one table.
+
+Usage::
+
+    python benchmarks/selfsup.py [--steps 400] [--classes 64] [--device cpu]
+                                 [--pool default] [--loss balance --loss triplet] [--no-baselines]
+    python benchmarks/selfsup.py --merge run1.json run2.json
+
+Target: mean MMA@3 >= 0.62 for a trained model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,67 +46,116 @@ from descbal.eval.sequences import evaluate_sequences
 from descbal.models import build_model, load, save_checkpoint
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
-from descbal.train.trainer import Trainer
+from descbal.train.trainer import Trainer, resolve_device
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: How photos become patches, by name (``PoolConfig`` fields that differ from the defaults).
+POOLS: dict[str, PoolConfig] = {
+    "default": PoolConfig(),
+    # stronger viewpoint changes and detector noise, one more view per keypoint
+    "hard": PoolConfig(views=5, max_keypoints=400, rotation=35.0, zoom=(0.6, 1.6), perspective=0.14,
+                       pos_noise=0.06, angle_noise=10.0),
+    # the detector's geometry nearly exact: positives differ only by the view and photometry
+    "lownoise": PoolConfig(views=5, max_keypoints=400, pos_noise=0.0, scale_noise=0.03, angle_noise=2.0),
+    # as many keypoints per photo as the evaluation detects per image
+    "dense": PoolConfig(views=4, max_keypoints=1000),
+}
+
+LOSSES: dict[str, list[str]] = {
+    "balance": [],
+    "triplet": ['loss.name="triplet"', "loss.params={margin = 1.0}"],
+}
+
+
+def train_one(pool_path: Path, loss: str, run: Path, args: argparse.Namespace) -> Path:
+    pool = load_patchset(pool_path)
+    epochs = 4
+    overrides = [f"data.train={json.dumps(str(pool_path))}", f"loop.device={json.dumps(args.device)}",
+                 f"loop.epochs={epochs}", f"loop.iters_per_epoch={max(1, args.steps // epochs)}",
+                 f"loop.classes_per_batch={args.classes}", "anneal.enabled=false", *LOSSES[loss]]
+    cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
+    if not (run / "model.pt").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        Trainer(cfg, run, pool, None).fit()
+        print(f"trained {run.name}: {cfg.loop.epochs * cfg.loop.iters_per_epoch} steps x {args.classes} classes "
+              f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return run / "model.pt"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'descriptor':<44}{'MMA@1':>7}{'MMA@3':>7}{'MMA@5':>7}{'H@3px':>7}{'matches':>8}"
+          f"{'verif':>7}{'match':>7}{'retr':>7}")
+    for r in rows:
+        print(f"{r['label']:<44}{r['mma'][0]:>7.3f}{r['mma'][2]:>7.3f}{r['mma'][4]:>7.3f}{r['h3']:>7.2f}"
+              f"{r['matches']:>8.0f}{r['verification']:>7.3f}{r['matching']:>7.3f}{r['retrieval']:>7.3f}")
+    trained = [r["mma"][2] for r in rows if r.get("trained")]
+    if trained:
+        best = max(trained)
+        print(f"target mean MMA@3 >= 0.62 for a trained model: {'met' if best >= 0.62 else 'NOT met'} "
+              f"(best {best:.3f})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/descbal-selfsup"))
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--classes", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--classes", type=int, default=64, help="classes per batch")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--pool", action="append", choices=sorted(POOLS), help="pool preset(s) (default: default)")
+    ap.add_argument("--loss", action="append", choices=sorted(LOSSES), help="loss(es) (default: balance, triplet)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip SIFT, TFeat and the untrained network")
     ap.add_argument("--max-keypoints", type=int, default=1000, help="DoG keypoints per image for MMA")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, help="print the rows of these --json files")
     args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(f.read_text())["rows"]]
+        print_table(rows)
+        return
+    dev = resolve_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
-    pool_path = args.work / "pool.h5"
-    cache_images(DATA / "train-pool", pool_path, PoolConfig())
-    pool = load_patchset(pool_path)
     bench = args.work / "benchmark"
     if not (bench / "tasks" / "splits" / "splits.json").is_file():
         make_benchmark(DATA / "hpatches-sequences", bench, BenchmarkConfig(max_keypoints=500))
 
-    models: dict[str, object] = {"SIFT (OpenCV)": "sift",
-                                 "TFeat (published, liberty)": DATA / "weights/tfeat/tfeat-liberty.params"}
-    torch.manual_seed(211)
-    untrained = args.work / "untrained.pt"
-    save_checkpoint(untrained, build_model("hynet", dropout=0.3))
-    models["HyNet untrained"] = untrained
-    iters = max(1, args.steps // 4)
-    for label, extra in (("HyNet balance (Self-TNet small)", []),
-                         ("HyNet triplet (HardNet loss)", ['loss.name="triplet"', "loss.params={margin = 1.0}"])):
-        overrides = [f"data.train={json.dumps(str(pool_path))}", "loop.device=cpu", "loop.epochs=4",
-                     f"loop.iters_per_epoch={iters}", f"loop.classes_per_batch={args.classes}", "anneal.enabled=false",
-                     *extra]
-        cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
-        run = args.work / ("run-" + label.split()[1])
-        if not (run / "model.pt").is_file():
-            import shutil
-
-            shutil.rmtree(run, ignore_errors=True)
-            t0 = time.perf_counter()
-            Trainer(cfg, run, pool, None).fit()
-            print(f"trained {label}: {cfg.loop.epochs * iters} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        models[label] = run / "model.pt"
+    models: dict[str, object] = {}
+    if not args.no_baselines:
+        models["SIFT (OpenCV)"] = "sift"
+        models["TFeat (published, liberty)"] = DATA / "weights/tfeat/tfeat-liberty.params"
+        torch.manual_seed(211)
+        untrained = args.work / "untrained.pt"
+        save_checkpoint(untrained, build_model("hynet", dropout=0.3))
+        models["HyNet untrained"] = untrained
+    pools_used = {}
+    for pool_name in args.pool or ["default"]:
+        pool_cfg = replace(POOLS[pool_name])
+        pool_path = args.work / f"pool-{pool_name}.h5"
+        t0 = time.perf_counter()
+        summary = cache_images(DATA / "train-pool", pool_path, pool_cfg)
+        pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.get("num_patches"),
+                                 "seconds": time.perf_counter() - t0}
+        for loss in args.loss or ["balance", "triplet"]:
+            label = f"HyNet {loss}, pool {pool_name}, {args.steps} steps x {args.classes}"
+            # the run folder names the schedule, so a rerun never reuses a model trained for another
+            models[label] = train_one(pool_path, loss, args.work / f"run-{pool_name}-{loss}-{args.steps}x{args.classes}", args)
 
     seqs = evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
-                              max_keypoints=args.max_keypoints, device="cpu")
+                              max_keypoints=args.max_keypoints, device=dev)
     rows = []
     split_names = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
     for (label, m), res in zip(models.items(), seqs["models"], strict=True):
-        mma = res["mma"]["overall"]
-        desc = hpatches_descriptors(m if m == "sift" else load(m), bench / "patches", split_names, device="cpu")
+        desc = hpatches_descriptors(m if m == "sift" else load(m), bench / "patches", split_names, device=dev)
         head = evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
-        rows.append((label, mma[0], mma[2], mma[4], res["homography_accuracy"]["overall"]["3"], head))
-    print(f"\nSelf-supervised training on {DATA / 'train-pool'} ({len(pool)} patches); evaluation on "
-          f"{', '.join(seqs['sequences'])}")
-    print(f"{'descriptor':<34}{'MMA@1':>7}{'MMA@3':>7}{'MMA@5':>7}{'H@3px':>7}{'verif':>7}{'match':>7}{'retr':>7}")
-    for label, m1, m3, m5, h3, head in rows:
-        print(f"{label:<34}{m1:>7.3f}{m3:>7.3f}{m5:>7.3f}{h3:>7.2f}{head['verification']:>7.3f}"
-              f"{head['matching']:>7.3f}{head['retrieval']:>7.3f}")
-    best = max(r[2] for r in rows if "balance" in r[0] or "triplet" in r[0])
-    print(f"target mean MMA@3 >= 0.62 for a trained model: {'met' if best >= 0.62 else 'NOT met'} (best {best:.3f})")
-    (args.work / "selfsup.json").write_text(json.dumps(rows, indent=1, default=str))
+        rows.append({"label": label, "trained": label.startswith("HyNet ") and "untrained" not in label,
+                     "mma": res["mma"]["overall"], "h3": res["homography_accuracy"]["overall"]["3"],
+                     "matches": res["num_matches"]["overall"], **head})
+    print(f"\nSelf-supervised training on {DATA / 'train-pool'}; evaluation on {', '.join(seqs['sequences'])} "
+          f"({dev})")
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(dev), "pools": pools_used, "rows": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":

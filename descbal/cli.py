@@ -19,6 +19,7 @@ import typer
 
 from descbal import __version__
 from descbal.errors import DescbalError
+from descbal.geometry import ANGLE_UNITS, PIXEL_ORIGINS, SIZE_KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -217,19 +218,10 @@ def eval_example(
     emit_json(result, json_out)
 
 
-class SizeKind(str, Enum):
-    diameter = "diameter"
-    sigma = "sigma"
-
-
-class AngleUnit(str, Enum):
-    deg = "deg"
-    rad = "rad"
-
-
-class PixelOrigin(str, Enum):
-    center = "center"
-    corner = "corner"
+# choices from descbal.geometry, so the CLI cannot drift from what PatchGeometry accepts
+SizeKind = Enum("SizeKind", {v: v for v in SIZE_KINDS}, type=str)  # type: ignore[misc]
+AngleUnit = Enum("AngleUnit", {v: v for v in ANGLE_UNITS}, type=str)  # type: ignore[misc]
+PixelOrigin = Enum("PixelOrigin", {v: v for v in PIXEL_ORIGINS}, type=str)  # type: ignore[misc]
 
 
 class FeatFormat(str, Enum):

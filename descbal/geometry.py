@@ -24,6 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+#: The accepted values of the string options (the CLI's choices are built from these).
+SIZE_KINDS: tuple[str, ...] = ("diameter", "sigma")
+ANGLE_UNITS: tuple[str, ...] = ("deg", "rad")
+PIXEL_ORIGINS: tuple[str, ...] = ("center", "corner")
+
 
 @dataclass(frozen=True)
 class PatchGeometry:
@@ -37,12 +42,9 @@ class PatchGeometry:
     upright: bool = False
 
     def __post_init__(self) -> None:
-        if self.size_kind not in ("diameter", "sigma"):
-            raise ValueError(f"size_kind must be 'diameter' or 'sigma', got {self.size_kind!r}")
-        if self.angle_unit not in ("deg", "rad"):
-            raise ValueError(f"angle_unit must be 'deg' or 'rad', got {self.angle_unit!r}")
-        if self.pixel_origin not in ("center", "corner"):
-            raise ValueError(f"pixel_origin must be 'center' or 'corner', got {self.pixel_origin!r}")
+        for name, allowed in (("size_kind", SIZE_KINDS), ("angle_unit", ANGLE_UNITS), ("pixel_origin", PIXEL_ORIGINS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.mag <= 0:
             raise ValueError("mag must be positive")
 

@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import (
     ProgressFn,
     cache_attrs,
@@ -39,7 +40,6 @@ from descbal.data.patchset import (
     read_groups,
 )
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.hpatches_io import TYPES
 from descbal.fileio import atomic_path
 
 PATCH = 65

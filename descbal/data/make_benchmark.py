@@ -31,8 +31,8 @@ from numpy.typing import NDArray
 from descbal.data.hpatches_data import write_patch_release
 from descbal.data.selfsup import detect
 from descbal.data.sequences import list_sequence_folders, read_sequence
+from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patch
 
 PATCH = 65

@@ -20,10 +20,10 @@ from numpy.typing import NDArray
 
 from descbal.classical import get_classical
 from descbal.data.hpatches_data import write_patch_release
+from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.eval.hpatches import ProgressFn, evaluate_hpatches
 from descbal.eval.hpatches_io import load_descriptors, write_descriptor_tree
 from descbal.eval.model_eval import describe_hpatches
-from descbal.eval.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 
 PATCH = 65
 SPLIT = "example"

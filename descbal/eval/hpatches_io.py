@@ -22,12 +22,10 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from descbal.data.hpatches_layout import NOISE_LEVELS, TYPES
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
 
-#: Image types in the order of the official loader; index 0 is ``ref``.
-TYPES: tuple[str, ...] = ("ref",) + tuple(f"{n}{i}" for n in "eht" for i in range(1, 6))
-NOISE_LEVELS: tuple[str, ...] = ("e", "h", "t")
 CACHE_NAME = ".descbal-cache.h5"
 _CACHE_FORMAT = 1
 

@@ -64,10 +64,15 @@ def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 204
     Patches are resized to 32x32 with :func:`resize_linear_u8` (uint8, like the reference
     extraction scripts), multiplied by ``model.input_scale`` and fed in batches.
 
+    ``device``: where the model runs (default: where its parameters are); the model is moved
+    there for the call and back afterwards.
+
     Shape: (N, H, W) uint8 -> (N, D) float32.
     """
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    home = next(model.parameters()).device
+    dev = torch.device(device) if device is not None else home
     was_training = model.training
+    model.to(dev)
     model.eval()
     small = resize_linear_u8(patches) if patches.shape[1:] != (32, 32) else np.asarray(patches, np.uint8)
     scale = float(getattr(model, "input_scale", 1.0))
@@ -81,5 +86,6 @@ def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 204
             return np.zeros((0, dim), np.float32)
     finally:
         model.train(was_training)
+        model.to(home)
     return torch.cat(out).numpy()
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (see the device tool's README): the extract speed
+# benchmark (issue 8) alone first, then long self-supervised training runs (issue 7), one
+# process per pool preset, in parallel on the one GPU. Results land under $OUT (at most 6 files).
+#
+# The shared data must be at ../shared/data; when only a carried copy at .devdata exists
+# (the device machine gets the repository alone), it is linked there.
+set -u
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+OUT=${OUT:-/tmp/descbal-device-out}
+STEPS=${STEPS:-3000}
+CLASSES=${CLASSES:-512}
+mkdir -p "$OUT"
+if [ ! -d ../shared/data ] && [ -d .devdata ]; then mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data; fi
+nvidia-smi -L || true
+python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)"
+
+echo "== extract speed"
+OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1
+
+echo "== self-supervised training: $STEPS steps x $CLASSES classes per pool"
+W=/tmp/descbal-selfsup-gpu
+pids=()
+for pool in ${POOLS:-default hard dense}; do
+    extra="--no-baselines --loss balance"
+    [ "$pool" = default ] && extra="--loss balance --loss triplet"
+    timeout "${TRAIN_TIMEOUT:-420}" python3 benchmarks/selfsup.py --device cuda --steps "$STEPS" --classes "$CLASSES" \
+        --pool "$pool" $extra --work "$W-$pool" --json "$OUT/selfsup-$pool.json" > "$W-$pool.log" 2>&1 &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+for pool in ${POOLS:-default hard dense}; do grep -v Warning "$W-$pool.log" | tail -n 12; done
+cat "$W"-*.log > "$OUT/selfsup-logs.txt"
+python3 benchmarks/selfsup.py --merge "$OUT"/selfsup-*.json
