@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="print the rows of these --json files")
     args = ap.parse_args()
     if args.merge:
+        missing = [str(f) for f in args.merge if not f.is_file()]
+        if missing:
+            sys.exit(f"selfsup: no such result file(s): {', '.join(missing)}")
         rows = [r for f in args.merge for r in json.loads(f.read_text())["rows"]]
         print_table(rows)
         return
