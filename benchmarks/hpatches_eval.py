@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from descbal.data.hpatches_layout import TYPES
 from descbal.data.taskgen import write_splits, write_verification_tasks
-from descbal.eval.hpatches_io import TYPES, write_descriptor_csv
+from descbal.eval.hpatches_io import write_descriptor_csv
 
 SEED = 20240611
 NOISE = {"e": 0.35, "h": 0.6, "t": 0.85}

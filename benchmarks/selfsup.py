@@ -31,14 +31,14 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
-from descbal.data.patchset import load_patchset
+from descbal.data.patchset import PatchSet, load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
 from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import hpatches_descriptors
@@ -68,8 +68,7 @@ LOSSES: dict[str, list[str]] = {
 }
 
 
-def train_one(pool_path: Path, loss: str, run: Path, args: argparse.Namespace) -> Path:
-    pool = load_patchset(pool_path)
+def train_one(pool: PatchSet, pool_path: Path, loss: str, run: Path, args: argparse.Namespace) -> Path:
     epochs = 4
     overrides = [f"data.train={json.dumps(str(pool_path))}", f"loop.device={json.dumps(args.device)}",
                  f"loop.epochs={epochs}", f"loop.iters_per_epoch={max(1, args.steps // epochs)}",
@@ -133,16 +132,18 @@ def main() -> None:
         models["HyNet untrained"] = untrained
     pools_used = {}
     for pool_name in args.pool or ["default"]:
-        pool_cfg = replace(POOLS[pool_name])
+        pool_cfg = POOLS[pool_name]
         pool_path = args.work / f"pool-{pool_name}.h5"
         t0 = time.perf_counter()
         summary = cache_images(DATA / "train-pool", pool_path, pool_cfg)
         pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.get("num_patches"),
                                  "seconds": time.perf_counter() - t0}
+        pool = load_patchset(pool_path)  # once for every loss trained on it
         for loss in args.loss or ["balance", "triplet"]:
             label = f"HyNet {loss}, pool {pool_name}, {args.steps} steps x {args.classes}"
             # the run folder names the schedule, so a rerun never reuses a model trained for another
-            models[label] = train_one(pool_path, loss, args.work / f"run-{pool_name}-{loss}-{args.steps}x{args.classes}", args)
+            run = args.work / f"run-{pool_name}-{loss}-{args.steps}x{args.classes}"
+            models[label] = train_one(pool, pool_path, loss, run, args)
 
     seqs = evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
                               max_keypoints=args.max_keypoints, device=dev)

@@ -572,8 +572,6 @@ def cache_images_cmd(
                          geometry=PatchGeometry(mag=mag), holdout_fraction=holdout)
     except ValueError as e:
         raise BadInputError(str(e)) from None
-    if views < 2:
-        raise BadInputError("--views must be at least 2")
     with task_progress(quiet) as progress:
         result = cache_images(folder, out, cfg, overwrite=overwrite, progress=progress)
     if not quiet:

@@ -18,8 +18,8 @@ from descbal.data.hpatches_data import (
     read_patch_column,
     write_patch_release,
 )
+from descbal.data.hpatches_layout import TYPES
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.hpatches_io import TYPES
 
 LENGTHS = {"i_ajuntament": 5, "v_boat": 7, "v_churchill": 3}
 

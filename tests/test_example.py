@@ -10,8 +10,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from descbal.cli import app
+from descbal.data.hpatches_layout import TYPES
 from descbal.eval.example import make_example_patches, run_example
-from descbal.eval.hpatches_io import TYPES
 
 runner = CliRunner()
 

@@ -136,3 +136,22 @@ def test_cache_images_cli_idempotent_and_skips(photos: Path, tmp_path: Path) -> 
     assert res.exit_code == 2 and "no usable photo" in res.output
     with pytest.raises(BadInputError):
         cache_images(empty, tmp_path / "e.h5")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("views", 1, "views must be at least 2"),
+                                                         ("max_keypoints", 0, "max_keypoints must be at least 1"),
+                                                         ("holdout_fraction", 1.0, "holdout fraction")])
+def test_pool_config_rejects_bad_values(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PoolConfig(**{field: value})
+
+
+def test_cache_images_cli_reports_bad_views_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from descbal.cli import app
+
+    res = CliRunner().invoke(app, ["cache", "images", str(tmp_path), "--out", str(tmp_path / "p.h5"), "--views", "1"])
+    assert res.exit_code == 2
+    assert "views must be at least 2" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "p.h5").exists()

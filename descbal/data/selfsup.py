@@ -76,6 +76,14 @@ class PoolConfig:
     holdout_fraction: float = 0.1  # photos whose keypoints form the evaluation pairs
     pairs: int = 10000
 
+    def __post_init__(self) -> None:
+        if self.views < 2:
+            raise ValueError("views must be at least 2 (a keypoint needs a positive pair)")
+        if self.max_keypoints < 1:
+            raise ValueError("max_keypoints must be at least 1")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout fraction must be in [0, 1), got {self.holdout_fraction}")
+
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted by relative POSIX path."""

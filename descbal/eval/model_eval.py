@@ -16,10 +16,11 @@ from torch import nn
 
 from descbal.classical import get_classical
 from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequence
+from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
 from descbal.errors import BadInputError
 from descbal.eval.brown import evaluate_brown
-from descbal.eval.hpatches_io import TYPES, HPatchesDescriptors
+from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
 
