@@ -21,6 +21,7 @@ python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.c
 
 echo "== extract speed"
 OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1
+OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --model hynet --repeats 5 --json "$OUT/extract-hynet.json" 2>&1
 
 echo "== self-supervised training: $STEPS steps x $CLASSES classes per pool"
 W=/tmp/descbal-selfsup-gpu

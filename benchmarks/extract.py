@@ -4,14 +4,22 @@ Case: one 1024x768 gray photo (``train-pool/mods__river1.jpg`` from ``../shared/
 present, else a generated texture) with its 2,000 strongest SIFT keypoints (detected once, not
 timed: detection is the same for both). Same model, same keypoints, same device, same run:
 
-* **batched** (descbal): the image pyramid to the device once, every patch sampled by
-  ``grid_sample`` in one batch (:mod:`descbal.extract.sampling`), descriptors in batches of
-  ``--batch-size`` (:class:`descbal.extract.describers.NetworkDescriber`);
+* **descbal** (:class:`descbal.extract.describers.NetworkDescriber`): the image pyramid to the
+  device once, every patch sampled in one batch per pyramid level (:mod:`descbal.extract.sampling`:
+  ``cv2.remap`` on the CPU, ``grid_sample`` elsewhere), descriptors in batches of
+  ``--batch-size`` by an inference copy of the model (:mod:`descbal.models.inference`: BatchNorm
+  folded, in-place activations, channels-last on the CPU); in float32 and with ``--bf16``;
 * **naive crop loop**: one ``cv2.warpAffine`` per keypoint (32x32, the same affine, bilinear,
   BORDER_REFLECT_101, straight from the full-resolution image), the stack then described in
-  the same batches;
+  the same batches by the model as loaded (eval mode, float32), as a user's script would;
 * **naive per-keypoint**: the same crop loop with one forward pass per keypoint (timed on
   ``--per-keypoint`` keypoints and extrapolated linearly to 2,000, which the table says).
+
+On CUDA it also times candidates for the GPU defaults: channels-last weights (float32 and
+bfloat16) and ``cudnn.benchmark``.
+
+The table also prints the largest descriptor difference between descbal's float32 network and
+the model as loaded, on the same patches (float rounding only).
 
 Reported per device (CPU, and CUDA when available): images/s for the patch stage alone and end
 to end (patches + descriptors), median of ``--repeats`` runs after one warm-up, and the speed-up
@@ -23,6 +31,7 @@ Usage: ``python benchmarks/extract.py [--model hardnet|tfeat|PATH] [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -79,12 +88,19 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     geo = PatchGeometry()
     desc = NetworkDescriber(model, geo, dev, args.batch_size)
+    desc_bf16 = NetworkDescriber(model, geo, dev, args.batch_size, bf16=True)
+    plain = copy.deepcopy(model).to(dev).eval()  # what a user script runs: the model as loaded
+    scale = desc.scale
     aff = patch_affines(kps.xy, kps.size, kps.angle, geo, 32)
 
     def naive_patches() -> torch.Tensor:
         crops = [cv2.warpAffine(img, a, (32, 32), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REFLECT_101) for a in aff]
         return torch.from_numpy(np.stack(crops)).to(dev).float().unsqueeze(1)
+
+    @torch.inference_mode()
+    def plain_forward(x: torch.Tensor) -> np.ndarray:
+        return torch.cat([plain(x[s : s + args.batch_size] * scale) for s in range(0, len(x), args.batch_size)]).cpu().numpy()
 
     def batched_patches() -> torch.Tensor:
         return sample_patches(pyramid_tensors(img, dev), kps.xy, kps.size, kps.angle, geo, 32)
@@ -96,25 +112,40 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
         for a in aff[:n_one]:
             crop = cv2.warpAffine(img, a, (32, 32), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REFLECT_101)
-            x = torch.from_numpy(crop).to(dev).float()[None, None] * desc.scale
-            desc.model(x).cpu()
+            x = torch.from_numpy(crop).to(dev).float()[None, None] * scale
+            plain(x).cpu()
 
     t_naive_p = timed(naive_patches, args.repeats, sync)
     t_batch_p = timed(batched_patches, args.repeats, sync)
-    t_naive_e = timed(lambda: desc.describe_patches(naive_patches()), args.repeats, sync)
+    t_naive_e = timed(lambda: plain_forward(naive_patches()), args.repeats, sync)
     t_batch_e = timed(lambda: desc.describe_patches(batched_patches()), args.repeats, sync)
+    t_bf16_e = timed(lambda: desc_bf16.describe_patches(batched_patches()), args.repeats, sync)
     t_one = timed(naive_per_keypoint, max(1, args.repeats // 2), sync) * len(aff) / n_one
+    gap = float(np.abs(desc.describe_patches(batched_patches()) - plain_forward(batched_patches())).max())
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     rows = [
         {"device": name, "stage": "patches", "method": "naive crop loop (warpAffine)", "images_per_s": 1 / t_naive_p},
-        {"device": name, "stage": "patches", "method": "batched (pyramid + grid_sample)", "images_per_s": 1 / t_batch_p,
+        {"device": name, "stage": "patches", "method": "batched (pyramid + sampling)", "images_per_s": 1 / t_batch_p,
          "speedup": t_naive_p / t_batch_p},
         {"device": name, "stage": "end to end", "method": "naive per-keypoint (crop + forward each)"
          + (f", extrapolated from {n_one}" if n_one < len(aff) else ""), "images_per_s": 1 / t_one},
         {"device": name, "stage": "end to end", "method": "naive crop loop + batched forward", "images_per_s": 1 / t_naive_e},
-        {"device": name, "stage": "end to end", "method": "batched (descbal extract)", "images_per_s": 1 / t_batch_e,
-         "speedup": t_naive_e / t_batch_e, "speedup_vs_per_keypoint": t_one / t_batch_e},
+        {"device": name, "stage": "end to end", "method": "descbal extract (float32)", "images_per_s": 1 / t_batch_e,
+         "speedup": t_naive_e / t_batch_e, "speedup_vs_per_keypoint": t_one / t_batch_e, "max_abs_diff_vs_plain": gap},
+        {"device": name, "stage": "end to end", "method": "descbal extract --bf16", "images_per_s": 1 / t_bf16_e,
+         "speedup": t_naive_e / t_bf16_e, "speedup_vs_per_keypoint": t_one / t_bf16_e},
     ]
+    if dev.type == "cuda":  # candidates for the GPU defaults, measured last (cudnn.benchmark stays on)
+        for label, bf16 in (("float32", False), ("--bf16", True)):
+            d = NetworkDescriber(model, geo, dev, args.batch_size, bf16=bf16)
+            d.model = d.model.to(memory_format=torch.channels_last)
+            t = timed(lambda d=d: d.describe_patches(batched_patches()), args.repeats, sync)
+            rows.append({"device": name, "stage": "end to end", "method": f"descbal extract ({label}), channels-last weights",
+                         "images_per_s": 1 / t, "speedup": t_naive_e / t})
+        torch.backends.cudnn.benchmark = True
+        t = timed(lambda: desc_bf16.describe_patches(batched_patches()), args.repeats, sync)
+        rows.append({"device": name, "stage": "end to end", "method": "descbal extract --bf16, cudnn.benchmark",
+                     "images_per_s": 1 / t, "speedup": t_naive_e / t})
     return rows
 
 
@@ -144,6 +175,8 @@ def main() -> None:
             sp = f"{r['speedup']:.1f}x vs naive crop loop"
             if "speedup_vs_per_keypoint" in r:
                 sp += f"; {r['speedup_vs_per_keypoint']:.1f}x vs per-keypoint"
+            if "max_abs_diff_vs_plain" in r:
+                sp += f"; max descriptor diff {r['max_abs_diff_vs_plain']:.1e}"
         print(f"| {r['device']} | {r['stage']} | {r['method']} | {r['images_per_s']:.3g} | {sp} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"image": source, "keypoints": len(kps), "model": args.model,

@@ -121,24 +121,25 @@ def test_describe_sizes_and_scale() -> None:
     np.testing.assert_allclose(describe(m, p), want, atol=1e-5, rtol=0)
 
 
-def test_describe_runs_the_model_on_the_requested_device_and_moves_it_back() -> None:
-    """``describe(..., device=d)`` must move the model to ``d`` (a CUDA run once failed with a
-    CPU model and CUDA inputs) and leave it where it was."""
-    moves: list[str] = []
+def test_describe_runs_a_copy_on_the_requested_device_and_leaves_the_model_alone() -> None:
+    """``describe(..., device=d)`` runs the model's parameters and inputs on ``d`` (a CUDA run once
+    failed with a CPU model and CUDA inputs) through an inference copy; the caller's model keeps
+    its tensors, mode and device."""
+    seen: list[tuple[int, str, str]] = []
 
     class Recording(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.lin = nn.Linear(32 * 32, 4)
 
-        def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-            moves.append(str(fn(torch.zeros(1)).device))
-            return super()._apply(fn, recurse)
-
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((id(self), str(x.device), str(self.lin.weight.device)))
             return self.lin(x.flatten(1))
 
-    m = Recording()
+    m = Recording().train()
+    weight = m.lin.weight
     out = describe(m, np.zeros((3, 32, 32), np.uint8), device="cpu")
     assert out.shape == (3, 4)
-    assert moves == ["cpu", "cpu"]  # to the requested device, then back home
+    assert [(d, w) for _, d, w in seen] == [("cpu", "cpu")]
+    assert seen[0][0] != id(m)  # a copy ran
+    assert m.lin.weight is weight and m.training and weight.requires_grad

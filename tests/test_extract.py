@@ -16,6 +16,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from descbal.cli import app
+from descbal.errors import BadInputError
 from descbal.extract import (
     DETECTORS,
     ExtractConfig,
@@ -129,6 +130,26 @@ def test_grid_sample_matches_opencv_remap_from_the_pyramid() -> None:
         mx, my = a[0, 0] * u + a[0, 1] * v + a[0, 2], a[1, 0] * u + a[1, 1] * v + a[1, 2]
         ref = sample_patch(pyr, mx.astype(np.float32), my.astype(np.float32), float(np.sqrt(abs(np.linalg.det(a[:, :2])))))
         assert np.abs(ref.astype(np.float64) - got[i]).max() <= 1.0  # OpenCV rounds to uint8, 5-bit weights
+
+
+@pytest.mark.parametrize("side", [P, 64])
+def test_cpu_remap_path_equals_the_device_grid_sample_path(side: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU samples with cv2.remap, other devices with grid_sample: same patches, borders
+    (keypoints near and beyond the edge: BORDER_REFLECT_101) and levels included, for more
+    keypoints than one remap call takes."""
+    from descbal.extract import sampling
+
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (90, 130), dtype=np.uint8), (0, 0), 1.0)
+    n = sampling.REMAP_ROWS // side + 37
+    xy = rng.uniform(-8, 138, (n, 2))
+    size = rng.uniform(1, 30, n)
+    ang = rng.uniform(0, 360, n)
+    cpu = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
+    monkeypatch.setattr(sampling, "_use_numpy", lambda device: False)
+    dev = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
+    assert cpu.shape == dev.shape == (n, 1, side, side)
+    assert np.abs(cpu - dev).max() < 0.05  # OpenCV interpolates at 1/32 px, in float32
 
 
 # ------------------------------------------------------------------------------ detectors
@@ -328,7 +349,6 @@ def test_resume_skips_and_overwrite_redoes(folder: Path, tmp_path: Path) -> None
     with h5py.File(out, "r") as h5:
         np.testing.assert_array_equal(h5["a.png"]["keypoints"][...], before)
     # a different extraction must not be appended to this file
-    from descbal.errors import BadInputError
 
     with pytest.raises(BadInputError, match="different extraction"):
         extract_folder(folder, out, ExtractConfig(model="sift", max_keypoints=60, device="cpu"))
@@ -442,19 +462,6 @@ def test_unknown_model_and_detector(tmp_path: Path, folder: Path) -> None:
     assert r.exit_code == 2 and "sift" in r.output
 
 
-def test_device_code_path_agrees_with_the_cpu_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The torch-only path (used on GPUs) run on the CPU must give the NumPy path's patches.
-    import descbal.extract.sampling as sampling
-
-    rng = np.random.default_rng(1)
-    img = textured(6, 150, 170)
-    xy, size, ang = rng.uniform(5, 140, (40, 2)), rng.uniform(2, 60, 40), rng.uniform(0, 360, 40)
-    a = sample_patches(img, xy, size, ang)
-    monkeypatch.setattr(sampling, "_use_numpy", lambda device: False)
-    b = sample_patches(img, xy, size, ang)
-    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
-
-
 class _CentredPixels(nn.Module):
     """Describes a patch by its mean-removed pixels (a rotation-sensitive 'descriptor')."""
 
@@ -500,3 +507,30 @@ def test_resume_accepts_the_same_weights_under_another_path(folder: Path, tmp_pa
     assert extract_folder(folder, out, cfg)["extracted"] == 3
     res = extract_folder(folder, out, ExtractConfig(model=str(copy), max_keypoints=5, device="cpu"))
     assert res["skipped_existing"] == 3
+
+
+def test_bf16_is_close_to_float32_and_recorded(folder: Path, tmp_path: Path, identity_model: Path) -> None:
+    from descbal.extract.writers import provenance_conflicts
+    from descbal.models import build_model
+
+    net = build_model("hardnet")
+    img = textured(9, 200, 240)
+    k = detect(img, "sift", 40)
+    d32, _ = NetworkDescriber(net)(img, k)
+    bf = NetworkDescriber(net, bf16=True)
+    d16, _ = bf(img, k)
+    assert d16.dtype == np.float32 and d16.shape == d32.shape
+    gap = np.linalg.norm(d16 - d32, axis=1)
+    assert 0 < gap.max() < 0.05  # bfloat16 ran (not identical), and stays close
+    assert bf.provenance["compute_dtype"] == "bfloat16"
+    # a file written in float32 is not resumed in bfloat16; files from before the key existed were float32
+    out = tmp_path / "f.h5"
+    assert extract_folder(folder, out, ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu"))["extracted"]
+    with pytest.raises(BadInputError, match="compute_dtype"):
+        extract_folder(folder, out, ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu", bf16=True))
+    assert provenance_conflicts({"model": "m"}, {"model": "m", "compute_dtype": "float32"}) == []
+    assert provenance_conflicts({"model": "m"}, {"model": "m", "compute_dtype": "bfloat16"}) == ["compute_dtype"]
+    r = runner.invoke(app, ["extract", str(folder), "-m", str(identity_model), "-o", str(tmp_path / "g.h5"), "--bf16",
+                            "--max-keypoints", "5", "--device", "cpu", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert '"compute_dtype": "bfloat16"' in r.output

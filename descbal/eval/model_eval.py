@@ -23,6 +23,7 @@ from descbal.eval.brown import evaluate_brown
 from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
+from descbal.models.inference import inference_copy
 
 
 def evaluate_brown_model(model: nn.Module, patchset: PatchSet, definition: Fpr95Definition = "hardnet",
@@ -74,4 +75,5 @@ def hpatches_descriptors(model: nn.Module | str, source: str | Path, sequences: 
     patches = load_hpatches_patches(source, sequences)
     if isinstance(model, str):
         return describe_hpatches(patches, get_classical(model))
-    return describe_hpatches(patches, lambda p: describe(model, p, device=device))
+    net = inference_copy(model, device)  # once for every sequence
+    return describe_hpatches(patches, lambda p: describe(net, p))

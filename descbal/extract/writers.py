@@ -47,7 +47,9 @@ from descbal.fileio import atomic_path, write_text_atomic
 
 PROVENANCE_FILE = "descbal_features.json"
 #: Provenance keys that must agree for a resumed run to append to an existing output.
-MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype")
+MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype")
+#: Values of provenance keys that files written before the key existed implicitly had.
+_IMPLICIT = {"compute_dtype": "float32"}
 
 
 @dataclass
@@ -85,7 +87,7 @@ def provenance_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = list(MATCHING_KEYS)
     if old.get("kind") == new.get("kind") == "network" and old.get("weights_sha256") == new.get("weights_sha256"):
         keys.remove("model")
-    return [k for k in keys if old.get(k) != new.get(k)]
+    return [k for k in keys if old.get(k, _IMPLICIT.get(k)) != new.get(k, _IMPLICIT.get(k))]
 
 
 def _check_resume(path: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:

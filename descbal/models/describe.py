@@ -16,6 +16,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from descbal.models.inference import inference_copy, prepare_input
+
 _BITS = 11
 
 
@@ -56,36 +58,29 @@ def resize_linear_u8(patches: NDArray[np.uint8], size: int = 32) -> NDArray[np.u
     return np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR) for x in p])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 2048,
              device: str | torch.device | None = None) -> NDArray[np.float32]:
     """Descriptors of uint8 grey patches with the model in eval mode.
 
     Patches are resized to 32x32 with :func:`resize_linear_u8` (uint8, like the reference
-    extraction scripts), multiplied by ``model.input_scale`` and fed in batches.
+    extraction scripts), multiplied by ``model.input_scale`` and fed in batches to an
+    :func:`~descbal.models.inference.inference_copy` of the model (pass one to skip the copy
+    when describing many times). The model itself is not modified.
 
-    ``device``: where the model runs (default: where its parameters are); the model is moved
-    there for the call and back afterwards.
+    ``device``: where the model runs (default: where its parameters are).
 
     Shape: (N, H, W) uint8 -> (N, D) float32.
     """
-    home = next(model.parameters()).device
-    dev = torch.device(device) if device is not None else home
-    was_training = model.training
-    model.to(dev)
-    model.eval()
+    net = inference_copy(model, device)
+    dev = next(net.parameters()).device
     small = resize_linear_u8(patches) if patches.shape[1:] != (32, 32) else np.asarray(patches, np.uint8)
-    scale = float(getattr(model, "input_scale", 1.0))
+    scale = float(getattr(net, "input_scale", 1.0))
     out = []
-    try:
-        for s in range(0, len(small), batch_size):
-            x = torch.from_numpy(small[s : s + batch_size]).to(dev).float().unsqueeze(1) * scale
-            out.append(model(x).float().cpu())
-        if not out:  # the descriptor width, from one blank patch
-            dim = model(torch.zeros(1, 1, 32, 32, device=dev)).shape[1]
-            return np.zeros((0, dim), np.float32)
-    finally:
-        model.train(was_training)
-        model.to(home)
+    for s in range(0, len(small), batch_size):
+        x = torch.from_numpy(small[s : s + batch_size]).to(dev).float().unsqueeze(1) * scale
+        out.append(net(prepare_input(x)).float().cpu())
+    if not out:  # the descriptor width, from one blank patch
+        dim = net(torch.zeros(1, 1, 32, 32, device=dev)).shape[1]
+        return np.zeros((0, dim), np.float32)
     return torch.cat(out).numpy()
-

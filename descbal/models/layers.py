@@ -13,21 +13,30 @@ class FRN(nn.Module):
     Parameter names and shapes (``weight``, ``bias``: (1, C, 1, 1); ``eps``: (1,)) follow the
     HyNet release so its state dicts load unchanged.
 
+    ``keep_dtype`` (not saved in state dicts): return x's dtype (bfloat16 under autocast) instead
+    of promoting to the parameters' float32; :func:`descbal.models.inference.inference_copy`
+    sets it so bfloat16 inference does not convert every activation twice.
+
     Shape: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-6, bias: bool = True) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-6, bias: bool = True, keep_dtype: bool = False) -> None:
         super().__init__()
         self.num_features = num_features
+        self.keep_dtype = keep_dtype
         self.weight = nn.Parameter(torch.ones(1, num_features, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1)) if bias else None
         self.register_buffer("eps", torch.tensor([eps]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
-        x = x * torch.rsqrt(nu2 + self.eps.abs())
-        x = self.weight * x
-        return x + self.bias if self.bias is not None else x
+        # Two passes over x instead of five: the squared norm is a reduction (no x-sized
+        # temporary), and gamma / RMS folds into one (B, C, 1, 1) factor applied by addcmul.
+        nu2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True).to(self.weight.dtype).square() / (x.shape[2] * x.shape[3])
+        s = self.weight * torch.rsqrt(nu2 + self.eps.abs())
+        dt = x.dtype if self.keep_dtype else torch.promote_types(x.dtype, s.dtype)
+        if self.bias is None:
+            return x * s.to(dt)
+        return torch.addcmul(self.bias.to(dt), x, s.to(dt))
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}"
@@ -36,16 +45,24 @@ class FRN(nn.Module):
 class TLU(nn.Module):
     """Thresholded linear unit ``max(x, tau)`` with a learnable per-channel tau (init -1).
 
+    ``inplace`` (not saved in state dicts) overwrites the input when no gradient is being
+    recorded; :func:`descbal.models.inference.inference_copy` sets it where the input is a
+    temporary.
+
     Shape: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(self, num_features: int, inplace: bool = False) -> None:
         super().__init__()
         self.num_features = num_features
+        self.inplace = inplace
         self.tau = nn.Parameter(torch.full((1, num_features, 1, 1), -1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(x, self.tau)
+        tau = self.tau.to(x.dtype)
+        if self.inplace and not torch.is_grad_enabled():
+            return x.clamp_(min=tau)
+        return torch.maximum(x, tau)
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}"
