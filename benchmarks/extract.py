@@ -45,7 +45,7 @@ import torch
 
 from descbal.extract.describers import NetworkDescriber
 from descbal.extract.detectors import detect
-from descbal.extract.sampling import pyramid_tensors, sample_patches
+from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry, patch_affines
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,7 +103,7 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
         return torch.cat([plain(x[s : s + args.batch_size] * scale) for s in range(0, len(x), args.batch_size)]).cpu().numpy()
 
     def batched_patches() -> torch.Tensor:
-        return sample_patches(pyramid_tensors(img, dev), kps.xy, kps.size, kps.angle, geo, 32)
+        return sample_patches(image_pyramid(img, dev), kps.xy, kps.size, kps.angle, geo, 32)
 
     n_one = min(args.per_keypoint, len(aff))
 

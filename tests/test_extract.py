@@ -132,22 +132,27 @@ def test_grid_sample_matches_opencv_remap_from_the_pyramid() -> None:
         assert np.abs(ref.astype(np.float64) - got[i]).max() <= 1.0  # OpenCV rounds to uint8, 5-bit weights
 
 
-@pytest.mark.parametrize("side", [P, 64])
-def test_cpu_remap_path_equals_the_device_grid_sample_path(side: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU samples with cv2.remap, other devices with grid_sample: same patches, borders
-    (keypoints near and beyond the edge: BORDER_REFLECT_101) and levels included, for more
-    keypoints than one remap call takes."""
+@pytest.mark.parametrize(("side", "shape"), [(P, (90, 130)), (64, (90, 130)), (P, (17, 23))])
+def test_cpu_remap_path_equals_the_device_atlas_path(side: int, shape: tuple[int, int],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU samples with cv2.remap per level, other devices with one grid_sample on the
+    levels' atlas: same patches, borders (keypoints near and far beyond the edge, mirrored
+    several times: BORDER_REFLECT_101) and levels included, for more keypoints than one remap
+    call takes, and for a one-level image."""
     from descbal.extract import sampling
 
     rng = np.random.default_rng(5)
-    img = cv2.GaussianBlur(rng.integers(0, 256, (90, 130), dtype=np.uint8), (0, 0), 1.0)
+    h, w = shape
+    img = cv2.GaussianBlur(rng.integers(0, 256, shape, dtype=np.uint8), (0, 0), 1.0)
     n = sampling.REMAP_ROWS // side + 37
-    xy = rng.uniform(-8, 138, (n, 2))
+    xy = rng.uniform(-8, 8, (n, 2)) + rng.uniform(0, 1, (n, 2)) * (w, h)
     size = rng.uniform(1, 30, n)
     ang = rng.uniform(0, 360, n)
     cpu = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
     monkeypatch.setattr(sampling, "_use_numpy", lambda device: False)
-    dev = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
+    pyr = sampling.image_pyramid(img)
+    assert pyr.atlas is not None and pyr.num_levels == (1 if h < 32 else 3)
+    dev = sample_patches(pyr, xy, size, ang, PatchGeometry(), side).numpy()
     assert cpu.shape == dev.shape == (n, 1, side, side)
     assert np.abs(cpu - dev).max() < 0.05  # OpenCV interpolates at 1/32 px, in float32
 

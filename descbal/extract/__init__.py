@@ -11,7 +11,7 @@ from descbal.extract.describers import (
 )
 from descbal.extract.detectors import DETECTORS, Keypoints, detect, register_detector
 from descbal.extract.pipeline import ExtractConfig, FeatureExtractor, extract_folder, read_gray
-from descbal.extract.sampling import pyramid_tensors, sample_affine_patches, sample_patches
+from descbal.extract.sampling import Pyramid, image_pyramid, sample_affine_patches, sample_patches
 from descbal.extract.writers import WRITERS, Features, list_features, open_writer
 
 __all__ = [
@@ -24,12 +24,13 @@ __all__ = [
     "Keypoints",
     "NetworkDescriber",
     "OpenCVDescriber",
+    "Pyramid",
     "detect",
     "extract_folder",
     "list_features",
     "load_describer",
     "open_writer",
-    "pyramid_tensors",
+    "image_pyramid",
     "read_gray",
     "register_detector",
     "register_keypoint_descriptor",

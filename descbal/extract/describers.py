@@ -28,7 +28,7 @@ from torch import nn
 
 from descbal.errors import BadInputError, DataMissingError
 from descbal.extract.detectors import Keypoints
-from descbal.extract.sampling import pyramid_tensors, sample_patches
+from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry
 from descbal.models.inference import inference_copy, prepare_input
 
@@ -85,7 +85,7 @@ class NetworkDescriber:
     @torch.inference_mode()
     def patches(self, image: NDArray[np.uint8], kps: Keypoints) -> torch.Tensor:
         """The network's input patches, before ``input_scale``. Shape: -> (N, 1, 32, 32) float32."""
-        return sample_patches(pyramid_tensors(image, self.device), kps.xy, kps.size, kps.angle, self.geometry, PATCH_SIZE)
+        return sample_patches(image_pyramid(image, self.device), kps.xy, kps.size, kps.angle, self.geometry, PATCH_SIZE)
 
     @torch.inference_mode()
     def describe_patches(self, patches: torch.Tensor) -> NDArray[np.float32]:

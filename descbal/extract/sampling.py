@@ -1,20 +1,26 @@
 """Batched patch sampling for a whole image at once, on the device.
 
 The image pyramid is :func:`descbal.geometry.build_pyramid` (``cv2.pyrDown``; level L pixel i
-sits at original coordinate ``i 2^L``), moved to the device once. Each keypoint's patch is
-sampled by ``torch.nn.functional.grid_sample`` (bilinear) from the level chosen by
-:func:`descbal.geometry.pyramid_level`, so the residual down-scaling is below 2x
-(anti-aliasing), directly at the output size (32x32 for the networks) and at the extent given
-by :func:`descbal.geometry.patch_affines`. All keypoints that share a level are sampled by one
-``grid_sample`` call. Outside the image the border is mirrored without repeating the edge pixel
-(``padding_mode="reflection"`` with ``align_corners=True``, i.e. OpenCV's BORDER_REFLECT_101).
+sits at original coordinate ``i 2^L``). Each keypoint's patch is sampled bilinearly from the
+level chosen by :func:`descbal.geometry.pyramid_level`, so the residual down-scaling is below
+2x (anti-aliasing), directly at the output size (32x32 for the networks) and at the extent given
+by :func:`descbal.geometry.patch_affines`. Outside the image the border is mirrored without
+repeating the edge pixel (OpenCV's BORDER_REFLECT_101).
 
-On the CPU the same bilinear samples come from ``cv2.remap`` (one call per level and 32,000
-patch rows, BORDER_REFLECT_101): about twice as fast as ``grid_sample`` there and equal to it
-within 0.02 grey levels (OpenCV interpolates at 1/32 pixel).
+* On the CPU: ``cv2.remap`` per level (one call per 32,000 patch rows), about twice as fast as
+  ``grid_sample`` there.
+* Elsewhere (GPU): the levels are packed side by side into one *atlas* image, uploaded once;
+  every patch's coordinates are mirrored into its level (for bilinear interpolation, mirroring
+  the coordinate equals sampling the mirrored image) and shifted to the level's place in the
+  atlas, and one ``grid_sample`` call samples every patch of every level. A constant number of
+  small kernels per image, whatever the number of levels and keypoints.
+
+The two paths agree within 0.02 grey levels (OpenCV interpolates at 1/32 pixel).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -31,34 +37,55 @@ REMAP_ROWS = 32000
 
 
 def _use_numpy(device: torch.device) -> bool:
-    """Whether small array work runs in NumPy (on the CPU: single-threaded and fast; torch's
-    multi-threaded kernels pay a thread start-up per call, slow on busy machines) or in torch
-    on the device."""
+    """Whether patches are sampled by OpenCV on the host (the CPU) or by torch on the device."""
     return device.type == "cpu"
 
 
-def pyramid_tensors(image: NDArray[np.uint8], device: str | torch.device = "cpu") -> list[torch.Tensor]:
-    """The image's Gaussian pyramid as float32 tensors on ``device``.
+@dataclass(frozen=True)
+class Pyramid:
+    """An image's Gaussian pyramid, ready for sampling on ``device``.
 
-    Shape: (H, W) uint8 -> [(1, 1, H_L, W_L) float32], intensities 0..255.
+    ``sizes`` (L, 2) int64: each level's (width, height). On the CPU ``levels`` holds the levels
+    as float32 arrays; elsewhere ``atlas`` (1, 1, H, W) float32 on the device holds them side
+    by side (level 0 at the origin, the others in a column to its right, one pixel apart) and
+    ``offsets`` (L, 2) their (x, y) places in it. Intensities 0..255.
+    """
+
+    device: torch.device
+    sizes: NDArray[np.int64]
+    levels: list[NDArray[np.float32]]
+    atlas: torch.Tensor | None = None
+    offsets: NDArray[np.int64] | None = None
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.sizes)
+
+
+def image_pyramid(image: NDArray[np.uint8], device: str | torch.device = "cpu") -> Pyramid:
+    """The image's pyramid for :func:`sample_affine_patches` on ``device``.
+
+    Shape: (H, W) uint8 -> a :class:`Pyramid` of levels (H_L, W_L).
     """
     if image.ndim != 2:
         raise ValueError(f"expected a gray image (H, W), got shape {image.shape}")
     dev = torch.device(device)
+    levels = build_pyramid(image)
+    sizes = np.array([(lv.shape[1], lv.shape[0]) for lv in levels], np.int64)
     if _use_numpy(dev):
-        return [torch.from_numpy(lv.astype(np.float32))[None, None] for lv in build_pyramid(image)]
-    return [torch.from_numpy(np.ascontiguousarray(lv)).to(dev).float()[None, None] for lv in build_pyramid(image)]
-
-
-def _normalised(affines: NDArray[np.float64], level: int, height: int, width: int) -> NDArray[np.float64]:
-    """Affines from patch pixels to ``grid_sample``'s [-1, 1] coordinates of one pyramid level
-    (``align_corners=True``: -1 and +1 are the centres of the first and last pixels)."""
-    a = affines / float(1 << level)
-    norm = np.array([[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0]])
-    out = np.empty_like(a)
-    out[:, :, :2] = np.einsum("ij,njk->nik", norm[:, :2], a[:, :, :2])
-    out[:, :, 2] = np.einsum("ij,nj->ni", norm[:, :2], a[:, :, 2]) + norm[:, 2]
-    return out
+        return Pyramid(dev, sizes, [lv.astype(np.float32) for lv in levels])
+    h0, w0 = levels[0].shape
+    offsets = np.zeros((len(levels), 2), np.int64)
+    y = 0
+    for i in range(1, len(levels)):
+        offsets[i] = (w0 + 1, y)
+        y += levels[i].shape[0] + 1
+    width = w0 + 1 + (int(sizes[1:, 0].max()) if len(levels) > 1 else 0)
+    atlas = np.zeros((max(h0, y), width), np.uint8)
+    for lv, (ox, oy) in zip(levels, offsets, strict=True):
+        atlas[oy : oy + lv.shape[0], ox : ox + lv.shape[1]] = lv
+    up = torch.from_numpy(atlas).to(dev, non_blocking=False).float()[None, None]  # one upload, as uint8
+    return Pyramid(dev, sizes, [], up, offsets)
 
 
 def _maps(a: NDArray[np.floating], p: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -83,24 +110,45 @@ def _remap(level: NDArray[np.float32], a: NDArray[np.float64], p: int) -> NDArra
     for s in range(0, len(a), chunk):
         mx, my = _maps(a[s : s + chunk], p)
         out[s : s + chunk] = cv2.remap(level, mx, my, cv2.INTER_LINEAR,
-                                             borderMode=cv2.BORDER_REFLECT_101).reshape(-1, p, p)
+                                       borderMode=cv2.BORDER_REFLECT_101).reshape(-1, p, p)
     return out
 
 
-def _grid(a: NDArray[np.float64], p: int, device: torch.device) -> torch.Tensor:
-    """``grid_sample`` grid of patches: (n, 2, 3) normalised affines -> (n, P, P, (x, y)),
-    built on the device (separable, as in :func:`_maps`)."""
-    at = torch.from_numpy(a).float().to(device)
-    gt = torch.arange(p, dtype=torch.float32, device=device)
-    xy = [(at[:, c, 0:1] * gt + at[:, c, 2:3])[:, None, :] + (at[:, c, 1:2] * gt)[:, :, None] for c in range(2)]
-    return torch.stack(xy, -1)
+def _mirror(c: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Coordinates mirrored into [0, last] about the first and last pixel centres (BORDER_REFLECT_101):
+    period 2 last. ``last`` broadcasts against ``c`` and is at least 1."""
+    period = 2.0 * last
+    return last - (torch.remainder(c, period) - last).abs()
 
 
-def sample_affine_patches(levels: list[torch.Tensor], affines: NDArray[np.floating], patch_size: int = 32) -> torch.Tensor:
+def _atlas_patches(pyr: Pyramid, a: NDArray[np.float64], lv: NDArray[np.int64], p: int) -> torch.Tensor:
+    """Patches from the atlas: (n, 2, 3) level-pixel affines of levels ``lv`` -> (n, 1, P, P)."""
+    assert pyr.atlas is not None and pyr.offsets is not None
+    dev = pyr.device
+    n = len(a)
+    # one upload per image: the affines and, per keypoint, its level's offset and last pixel index
+    meta = np.concatenate([a.reshape(n, 6), pyr.offsets[lv], pyr.sizes[lv] - 1], axis=1)
+    m = torch.from_numpy(meta.astype(np.float32)).to(dev)
+    g = torch.arange(p, dtype=torch.float32, device=dev)
+    h_atlas, w_atlas = pyr.atlas.shape[2], pyr.atlas.shape[3]
+    coords = []
+    for c in range(2):  # x, then y
+        row = m[:, 3 * c : 3 * c + 3]
+        xy = (row[:, 0:1] * g + row[:, 2:3])[:, None, :] + (row[:, 1:2] * g)[:, :, None]  # (n, P, P)
+        xy = _mirror(xy, m[:, 8 + c, None, None].clamp(min=1.0)) + m[:, 6 + c, None, None]
+        size = w_atlas if c == 0 else h_atlas
+        coords.append(xy * (2.0 / max(size - 1, 1)) - 1.0)  # align_corners=True: -1, +1 = first, last centres
+    grid = torch.stack(coords, -1)
+    out = [F.grid_sample(pyr.atlas, grid[s : s + CHUNK].reshape(1, -1, p, 2), mode="bilinear", padding_mode="border",
+                         align_corners=True).reshape(-1, 1, p, p) for s in range(0, n, CHUNK)]
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def sample_affine_patches(pyramid: Pyramid, affines: NDArray[np.floating], patch_size: int = 32) -> torch.Tensor:
     """Patches given patch-to-image affines (see :func:`descbal.geometry.patch_affines`).
 
     Args:
-        levels: the pyramid from :func:`pyramid_tensors` (level 0 = the image).
+        pyramid: from :func:`image_pyramid`.
         affines: (N, 2, 3) maps from patch pixel (u, v, 1) to image coordinates (pixel centres
             at integers).
         patch_size: output side P.
@@ -110,39 +158,28 @@ def sample_affine_patches(levels: list[torch.Tensor], affines: NDArray[np.floati
     """
     affines = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
     n, p = len(affines), patch_size
-    dev = levels[0].device
-    out_np = np.empty((n, 1, p, p), np.float32) if _use_numpy(dev) else None
-    out = torch.from_numpy(out_np) if out_np is not None else torch.empty((n, 1, p, p), dtype=torch.float32, device=dev)
     if n == 0:
-        return out
+        return torch.empty((0, 1, p, p), dtype=torch.float32, device=pyramid.device)
     scale = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2])))  # image px per patch px
-    lv = pyramid_level(scale, len(levels) - 1)
+    lv = pyramid_level(scale, pyramid.num_levels - 1)
+    level_affines = affines / (2.0 ** lv)[:, None, None]  # level L pixel i sits at image coordinate i 2^L
+    if pyramid.atlas is not None:
+        return _atlas_patches(pyramid, level_affines, lv, p)
+    out = np.empty((n, 1, p, p), np.float32)
     for level in np.unique(lv):
-        img = levels[level]
-        idx_all = np.flatnonzero(lv == level)
-        if out_np is not None:
-            out_np[idx_all, 0] = _remap(img[0, 0].numpy(), affines[idx_all] / float(1 << int(level)), p)
-            continue
-        for s in range(0, len(idx_all), CHUNK):
-            idx = idx_all[s : s + CHUNK]
-            grid = _grid(_normalised(affines[idx], int(level), img.shape[2], img.shape[3]), p, dev)
-            sampled = F.grid_sample(img, grid.reshape(1, len(idx) * p, p, 2), mode="bilinear", padding_mode="reflection",
-                                    align_corners=True).reshape(len(idx), 1, p, p)
-            if out_np is not None:
-                out_np[idx] = sampled.numpy()
-            else:
-                out.index_copy_(0, torch.from_numpy(idx).to(dev), sampled)
-    return out
+        idx = np.flatnonzero(lv == level)
+        out[idx, 0] = _remap(pyramid.levels[level], level_affines[idx], p)
+    return torch.from_numpy(out)
 
 
-def sample_patches(image: NDArray[np.uint8] | list[torch.Tensor], xy: NDArray[np.floating], size: NDArray[np.floating],
+def sample_patches(image: NDArray[np.uint8] | Pyramid, xy: NDArray[np.floating], size: NDArray[np.floating],
                    angle: NDArray[np.floating], geometry: PatchGeometry = PatchGeometry(), patch_size: int = 32,
                    device: str | torch.device = "cpu") -> torch.Tensor:
     """Patches of keypoints under ``geometry``, all sampled at once.
 
     Args:
-        image: a gray uint8 image, or its pyramid from :func:`pyramid_tensors` (reuse it when
-            sampling several times from one image).
+        image: a gray uint8 image, or its :func:`image_pyramid` (reuse it when sampling several
+            times from one image).
         xy, size, angle: keypoints in the geometry's conventions (see ``PatchGeometry``).
 
     Returns:
@@ -150,5 +187,5 @@ def sample_patches(image: NDArray[np.uint8] | list[torch.Tensor], xy: NDArray[np
 
     Shape: (H, W) uint8, (N, 2), (N,), (N,) -> (N, 1, P, P).
     """
-    levels = image if isinstance(image, list) else pyramid_tensors(image, device)
-    return sample_affine_patches(levels, patch_affines(xy, size, angle, geometry, patch_size), patch_size)
+    pyr = image if isinstance(image, Pyramid) else image_pyramid(image, device)
+    return sample_affine_patches(pyr, patch_affines(xy, size, angle, geometry, patch_size), patch_size)
