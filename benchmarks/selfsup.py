@@ -40,13 +40,14 @@ from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import PatchSet, load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
+from descbal.devices import resolve_device
 from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import hpatches_descriptors
 from descbal.eval.sequences import evaluate_sequences
 from descbal.models import build_model, load, save_checkpoint
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
-from descbal.train.trainer import Trainer, resolve_device
+from descbal.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

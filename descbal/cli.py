@@ -134,10 +134,10 @@ def eval_hpatches(
     if model is not None:
         if patches is None:
             raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
+        from descbal.devices import resolve_device
         from descbal.eval.hpatches_io import write_descriptor_tree
         from descbal.eval.model_eval import hpatches_descriptors
         from descbal.models import load
-        from descbal.train.trainer import resolve_device
 
         dev = resolve_device(device)
         desc = hpatches_descriptors(load(model).to(dev), patches, spl["test"], device=dev)
@@ -175,9 +175,9 @@ def eval_brown(
         if data is None or pairs is not None or descriptors is not None:
             raise BadInputError("--model needs --data SET.h5 (and no --pairs/--descriptors)")
         from descbal.data.patchset import load_patchset
+        from descbal.devices import resolve_device
         from descbal.eval.model_eval import evaluate_brown_model
         from descbal.models import load
-        from descbal.train.trainer import resolve_device
 
         dev = resolve_device(device)
         result = evaluate_brown_model(load(model).to(dev), load_patchset(data), definition.value, device=dev)
@@ -663,10 +663,10 @@ def match_cmd(
 ) -> None:
     """Mutual-nearest-neighbour matches of image pairs into an hloc matches file."""
     from descbal.console import emit_json, stderr
+    from descbal.devices import resolve_device
     from descbal.errors import BadInputError
     from descbal.extract.progress import image_progress
     from descbal.match import match_features
-    from descbal.train.trainer import resolve_device
 
     if ratio is not None and not 0 < ratio <= 1:
         raise BadInputError("--ratio must be in (0, 1]")

@@ -20,6 +20,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
 from descbal.extract.detectors import DETECTORS, detect
 from descbal.extract.writers import Features, open_writer
@@ -42,12 +43,6 @@ class ExtractConfig:
     bf16: bool = False  # run the network under bfloat16 autocast
 
 
-def _device(name: str | torch.device) -> torch.device:
-    from descbal.train.trainer import resolve_device
-
-    return name if isinstance(name, torch.device) else resolve_device(name)
-
-
 class FeatureExtractor:
     """Keypoints and descriptors of gray images.
 
@@ -68,7 +63,7 @@ class FeatureExtractor:
             raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
         if max_keypoints < 0:
             raise ValueError("max_keypoints must be >= 0")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.detector = detector
         self.max_keypoints = max_keypoints
         self.geometry = geometry

@@ -35,6 +35,7 @@ import descbal.losses.seeds  # noqa: F401  (registers ddtas, memory_contrastive,
 import descbal.losses.triplet  # noqa: F401  (registers the baseline loss)
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import PatchSet, load_patchset
+from descbal.devices import resolve_device
 from descbal.errors import BadInputError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
@@ -50,21 +51,6 @@ from descbal.train.sampler import ClassBatchSampler
 
 #: ``progress(step, total_steps, info)`` is called after every step.
 TrainProgress = Callable[[int, int, dict[str, float]], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise BadInputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise BadInputError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def environment(device: torch.device) -> dict[str, Any]:
