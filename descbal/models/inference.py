@@ -62,17 +62,15 @@ def _foldable(bn: nn.Module) -> bool:
 
 
 def _optimise_sequential(seq: nn.Sequential) -> None:
-    names = list(seq._modules)
-    for i, name in enumerate(names[:-1]):
-        conv, bn = seq._modules[name], seq._modules[names[i + 1]]
-        if isinstance(conv, nn.Conv2d) and bn is not None and _foldable(bn):
-            seq._modules[name] = fold_batchnorm(conv, bn)  # type: ignore[arg-type]
-            seq._modules[names[i + 1]] = nn.Identity()
+    names = [name for name, _ in seq.named_children()]
+    for name, nxt in zip(names, names[1:], strict=False):
+        conv, bn = getattr(seq, name), getattr(seq, nxt)
+        if isinstance(conv, nn.Conv2d) and _foldable(bn):
+            setattr(seq, name, fold_batchnorm(conv, bn))
+            setattr(seq, nxt, nn.Identity())
     producer = None  # the last non-Identity sibling
-    for name in names:
-        mod = seq._modules[name]
-        fresh = isinstance(producer, nn.Conv2d | nn.BatchNorm2d | FRN)
-        if isinstance(mod, nn.ReLU | TLU) and fresh:
+    for mod in seq.children():
+        if isinstance(mod, nn.ReLU | TLU) and isinstance(producer, nn.Conv2d | nn.BatchNorm2d | FRN):
             mod.inplace = True
         if not isinstance(mod, nn.Identity):
             producer = mod
