@@ -138,7 +138,7 @@ def test_cpu_remap_path_equals_the_device_atlas_path(side: int, shape: tuple[int
     """The CPU samples with cv2.remap per level, other devices with one grid_sample on the
     levels' atlas: same patches, borders (keypoints near and far beyond the edge, mirrored
     several times: BORDER_REFLECT_101) and levels included, for more keypoints than one remap
-    call takes, and for a one-level image."""
+    call takes (and in several chunks on the device), and for a one-level image."""
     from descbal.extract import sampling
 
     rng = np.random.default_rng(5)
@@ -150,6 +150,7 @@ def test_cpu_remap_path_equals_the_device_atlas_path(side: int, shape: tuple[int
     ang = rng.uniform(0, 360, n)
     cpu = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
     monkeypatch.setattr(sampling, "_use_numpy", lambda device: False)
+    monkeypatch.setattr(sampling, "CHUNK", 100)  # several grid_sample calls
     pyr = sampling.image_pyramid(img)
     assert pyr.atlas is not None and pyr.num_levels == (1 if h < 32 else 3)
     dev = sample_patches(pyr, xy, size, ang, PatchGeometry(), side).numpy()

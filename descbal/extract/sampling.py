@@ -128,19 +128,21 @@ def _atlas_patches(pyr: Pyramid, a: NDArray[np.float64], lv: NDArray[np.int64], 
     n = len(a)
     # one upload per image: the affines and, per keypoint, its level's offset and last pixel index
     meta = np.concatenate([a.reshape(n, 6), pyr.offsets[lv], pyr.sizes[lv] - 1], axis=1)
-    m = torch.from_numpy(meta.astype(np.float32)).to(dev)
+    meta_t = torch.from_numpy(meta.astype(np.float32)).to(dev)
     g = torch.arange(p, dtype=torch.float32, device=dev)
-    h_atlas, w_atlas = pyr.atlas.shape[2], pyr.atlas.shape[3]
-    coords = []
-    for c in range(2):  # x, then y
-        row = m[:, 3 * c : 3 * c + 3]
-        xy = (row[:, 0:1] * g + row[:, 2:3])[:, None, :] + (row[:, 1:2] * g)[:, :, None]  # (n, P, P)
-        xy = _mirror(xy, m[:, 8 + c, None, None].clamp(min=1.0)) + m[:, 6 + c, None, None]
-        size = w_atlas if c == 0 else h_atlas
-        coords.append(xy * (2.0 / max(size - 1, 1)) - 1.0)  # align_corners=True: -1, +1 = first, last centres
-    grid = torch.stack(coords, -1)
-    out = [F.grid_sample(pyr.atlas, grid[s : s + CHUNK].reshape(1, -1, p, 2), mode="bilinear", padding_mode="border",
-                         align_corners=True).reshape(-1, 1, p, p) for s in range(0, n, CHUNK)]
+    sides = (pyr.atlas.shape[3], pyr.atlas.shape[2])  # atlas width, height
+    out = []
+    for s in range(0, n, CHUNK):  # bounds the grid's memory
+        m = meta_t[s : s + CHUNK]
+        coords = []
+        for c in range(2):  # x, then y
+            row = m[:, 3 * c : 3 * c + 3]
+            xy = (row[:, 0:1] * g + row[:, 2:3])[:, None, :] + (row[:, 1:2] * g)[:, :, None]  # (n, P, P)
+            xy = _mirror(xy, m[:, 8 + c, None, None].clamp(min=1.0)) + m[:, 6 + c, None, None]
+            coords.append(xy * (2.0 / max(sides[c] - 1, 1)) - 1.0)  # align_corners: -1, +1 = first, last centres
+        grid = torch.stack(coords, -1).reshape(1, -1, p, 2)
+        out.append(F.grid_sample(pyr.atlas, grid, mode="bilinear", padding_mode="border",
+                                 align_corners=True).reshape(-1, 1, p, p))
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
