@@ -9,7 +9,14 @@ import h5py
 import numpy as np
 import pytest
 
-from descbal.data.sequences import Sequence, cache_sequences, load_sequences, read_homography, read_sequence
+from descbal.data.sequences import (
+    Sequence,
+    cache_sequences,
+    list_sequence_folders,
+    load_sequences,
+    read_homography,
+    read_sequence,
+)
 from descbal.errors import BadInputError, DataMissingError
 
 REAL = {"v_churchill": (768, 1024), "v_dogman": (788, 522), "v_wormhole": (986, 653)}  # width x height
@@ -55,6 +62,8 @@ def test_real_sequences(shared_data: Path) -> None:
             np.testing.assert_array_equal(hm, np.loadtxt(root / name / f"H_1_{k}"))
     churchill = read_sequence(root / "v_churchill")
     np.testing.assert_allclose(churchill.homographies[2][0], [2.3594, 0.0026252, -116.05])
+    folders = list_sequence_folders(str(root))  # a str is accepted like a Path
+    assert [f.name for f in folders] == sorted(REAL) and folders == list_sequence_folders(root)
 
 
 def test_real_sequences_cache(shared_data: Path, tmp_path: Path) -> None:

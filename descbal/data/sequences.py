@@ -190,9 +190,9 @@ def read_sequence(folder: str | Path) -> Sequence:
     )
 
 
-def list_sequence_folders(src_dir: Path) -> list[Path]:
+def list_sequence_folders(src_dir: str | Path) -> list[Path]:
     """Sub-folders of ``src_dir`` that hold an image ``1.<ext>``, sorted by name."""
-    return sorted((p for p in src_dir.iterdir() if p.is_dir() and 1 in sequence_files(p)[0]),
+    return sorted((p for p in Path(src_dir).iterdir() if p.is_dir() and 1 in sequence_files(p)[0]),
                   key=lambda p: p.name)
 
 
