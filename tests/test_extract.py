@@ -540,3 +540,5 @@ def test_bf16_is_close_to_float32_and_recorded(folder: Path, tmp_path: Path, ide
                             "--max-keypoints", "5", "--device", "cpu", "--json", "-"])
     assert r.exit_code == 0, r.output
     assert '"compute_dtype": "bfloat16"' in r.output
+    r = runner.invoke(app, ["extract", str(folder), "-m", "sift", "-o", str(tmp_path / "h.h5"), "--bf16"])
+    assert r.exit_code == 2 and "--bf16 applies to networks" in r.output and not (tmp_path / "h.h5").exists()

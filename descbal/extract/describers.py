@@ -184,7 +184,7 @@ def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = Patc
 
     Raises:
         DataMissingError: no such file and not a descriptor name.
-        BadInputError: a file that is not usable weights.
+        BadInputError: a file that is not usable weights, or ``bf16`` with an OpenCV descriptor.
     """
     if isinstance(model, nn.Module):
         return NetworkDescriber(model, geometry, device, batch_size,
@@ -192,6 +192,8 @@ def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = Patc
                                  "arch": getattr(model, "arch", None), "weights_sha256": None}, bf16)
     text = str(model)
     if text in KEYPOINT_DESCRIPTORS and not Path(text).exists():
+        if bf16:
+            raise BadInputError(f"--bf16 applies to networks, not to the OpenCV descriptor {text!r}")
         return OpenCVDescriber(text, geometry)
     from descbal.models import load
     from descbal.models.checkpoint import resolve_path
