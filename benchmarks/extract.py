@@ -5,8 +5,8 @@ present, else a generated texture) with its 2,000 strongest SIFT keypoints (dete
 timed: detection is the same for both). Same model, same keypoints, same device, same run:
 
 * **descbal** (:class:`descbal.extract.describers.NetworkDescriber`): the image pyramid to the
-  device once, every patch sampled in one batch per pyramid level (:mod:`descbal.extract.sampling`:
-  ``cv2.remap`` on the CPU, ``grid_sample`` elsewhere), descriptors in batches of
+  device once and every patch sampled in one batch (:mod:`descbal.extract.sampling`: ``cv2.remap``
+  per level on the CPU, one ``grid_sample`` over an atlas of the levels elsewhere), descriptors in batches of
   ``--batch-size`` by an inference copy of the model (:mod:`descbal.models.inference`: BatchNorm
   folded, in-place activations, channels-last on the CPU); in float32 and with ``--bf16``;
 * **naive crop loop**: one ``cv2.warpAffine`` per keypoint (32x32, the same affine, bilinear,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from train_fixtures import one_torch_thread  # noqa: F401
+from train_fixtures import one_torch_thread, trained_like  # noqa: F401
 
 from descbal.data.hpatches_data import read_patch_column
-from descbal.models import build_model
 from descbal.models.describe import describe, resize_linear_u8
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,21 +60,10 @@ def test_resize_other_sizes_fall_back_to_opencv() -> None:
     np.testing.assert_array_equal(resize_linear_u8(p, size=16), cv2_resize(p, 16))
 
 
-def with_statistics(name: str, seed: int = 0) -> nn.Module:
-    """A model whose BatchNorm running statistics differ from the batch statistics."""
-    torch.manual_seed(seed)
-    m = build_model(name)
-    m.train()
-    with torch.no_grad():
-        for k in range(2):
-            m(torch.rand(8, 1, 32, 32) * 0.5 + 0.25 * k)
-    return m
-
-
 @pytest.mark.parametrize("train_mode", [True, False])
 @pytest.mark.parametrize("name", ["hynet", "tfeat"])
 def test_describe_uses_eval_mode_and_restores_the_mode(name: str, train_mode: bool) -> None:
-    m = with_statistics(name)
+    m = trained_like(name)
     m.train(train_mode)
     rng = np.random.default_rng(3)
     patches = rng.integers(0, 256, (7, 64, 64), dtype=np.uint8)
@@ -96,7 +84,7 @@ def test_describe_uses_eval_mode_and_restores_the_mode(name: str, train_mode: bo
 
 
 def test_describe_does_not_update_running_statistics() -> None:
-    m = with_statistics("hardnet").train()
+    m = trained_like("hardnet").train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     describe(m, np.random.default_rng(0).integers(0, 256, (9, 32, 32), dtype=np.uint8))
     for k, v in m.state_dict().items():
@@ -106,7 +94,7 @@ def test_describe_does_not_update_running_statistics() -> None:
 def test_describe_sizes_and_scale() -> None:
     """65x65 (HPatches) and 64x64 (Brown) patches are resized first; 32x32 are used as they are;
     the uint8 values are multiplied by ``input_scale``."""
-    m = with_statistics("sosnet").eval()
+    m = trained_like("sosnet").eval()
     rng = np.random.default_rng(4)
     for size in (65, 64, 32):
         p = rng.integers(0, 256, (4, size, size), dtype=np.uint8)

@@ -149,7 +149,7 @@ def test_cpu_remap_path_equals_the_device_atlas_path(side: int, shape: tuple[int
     size = rng.uniform(1, 30, n)
     ang = rng.uniform(0, 360, n)
     cpu = sample_patches(img, xy, size, ang, PatchGeometry(), side).numpy()
-    monkeypatch.setattr(sampling, "_use_numpy", lambda device: False)
+    monkeypatch.setattr(sampling, "_on_host", lambda device: False)
     monkeypatch.setattr(sampling, "CHUNK", 100)  # several grid_sample calls
     pyr = sampling.image_pyramid(img)
     assert pyr.atlas is not None and pyr.num_levels == (1 if h < 32 else 3)

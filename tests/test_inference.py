@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from train_fixtures import one_torch_thread  # noqa: F401
+from train_fixtures import one_torch_thread, trained_like  # noqa: F401
 
 from descbal.models import MODELS, build_model
 from descbal.models.inference import fold_batchnorm, inference_copy, prepare_input
@@ -15,17 +15,6 @@ from descbal.models.layers import FRN, TLU
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ARCHS = sorted(n for n, cls in MODELS.items() if cls.__module__.startswith("descbal."))
-
-
-def with_statistics(name: str, seed: int = 0) -> nn.Module:
-    """A model with seed-dependent weights and BatchNorm running statistics far from (0, 1)."""
-    torch.manual_seed(seed)
-    m = build_model(name)
-    m.train()
-    with torch.no_grad():
-        for k in range(3):
-            m(torch.rand(16, 1, 32, 32) * 0.6 + 0.2 * k)
-    return m.eval()
 
 
 @pytest.mark.parametrize("affine", [False, True])
@@ -61,7 +50,7 @@ def test_fold_batchnorm_equals_conv_then_batchnorm(affine: bool, conv_bias: bool
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_inference_copy_computes_the_same_descriptors(name: str) -> None:
-    m = with_statistics(name)
+    m = trained_like(name)
     x = torch.rand(9, 1, 32, 32) * float(m.input_scale) * 255
     fast = inference_copy(m, "cpu")
     with torch.no_grad():
@@ -74,7 +63,7 @@ def test_inference_copy_computes_the_same_descriptors(name: str) -> None:
 
 
 def test_inference_copy_leaves_the_model_alone_and_is_reused() -> None:
-    m = with_statistics("hynet").train()
+    m = trained_like("hynet").train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     fast = inference_copy(m)
     assert not fast.training and m.training

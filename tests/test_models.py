@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from train_fixtures import one_torch_thread  # noqa: F401
+from train_fixtures import one_torch_thread, trained_like  # noqa: F401
 
 import descbal
 from descbal.errors import BadInputError, DataMissingError
@@ -31,17 +31,6 @@ def patches(n: int = 6, seed: int = 0, scale: float = 1.0 / 255.0) -> torch.Tens
     """(n, 1, 32, 32) float32 random grey patches, intensities times ``scale``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 1, 32, 32), generator=g).float() * scale
-
-
-def trained_like(name: str, seed: int, **config: object) -> nn.Module:
-    """A model with seed-dependent weights and non-default BatchNorm running statistics."""
-    torch.manual_seed(seed)
-    m = build_model(name, **config)
-    m.train()
-    with torch.no_grad():
-        for k in range(3):
-            m(patches(8, seed + k, float(m.input_scale)))
-    return m.eval()
 
 
 def same_outputs(a: nn.Module, b: nn.Module) -> None:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from descbal.data.patchset import PatchSet, write_patchset
+from descbal.models import build_model
 from descbal.train.config import DataConfig, LoopConfig, ModelConfig, RunConfig
 from descbal.train.optim import ScheduleConfig
 
@@ -32,6 +33,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def trained_like(name: str, seed: int = 0, **config: object) -> torch.nn.Module:
+    """A registered model with seed-dependent weights and BatchNorm running statistics away from
+    their initial (0, 1) (three training-mode passes over random patches), in eval mode."""
+    torch.manual_seed(seed)
+    m = build_model(name, **config)
+    m.train()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randint(0, 256, (8, 1, 32, 32), generator=g).float() * float(m.input_scale))
+    return m.eval()
 
 
 def class_textures(rng: np.random.Generator, num_classes: int, size: int = 72) -> np.ndarray:

@@ -32,19 +32,12 @@ from torch import nn
 
 from descbal.data.sequences import list_sequence_folders, read_sequence
 from descbal.errors import BadInputError, DataMissingError
-from descbal.geometry import PatchGeometry
+from descbal.geometry import PatchGeometry, apply_homography
 
 THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 HOMOGRAPHY_EPS: tuple[int, ...] = (1, 3, 5)
 RANSAC_THRESHOLD = 3.0
 SPLITS = ("overall", "illumination", "viewpoint")
-
-
-def project(h: NDArray[np.floating], pts: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Points (N, 2) mapped by a homography (3, 3). Shape: -> (N, 2)."""
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
-    q = pts @ np.asarray(h, np.float64)[:, :2].T + np.asarray(h, np.float64)[:, 2]
-    return q[:, :2] / q[:, 2:3]
 
 
 def reprojection_errors(kp1: NDArray, kpk: NDArray, matches: NDArray[np.int32], h_1k: NDArray) -> NDArray[np.float64]:
@@ -58,7 +51,7 @@ def reprojection_errors(kp1: NDArray, kpk: NDArray, matches: NDArray[np.int32], 
     idx = np.flatnonzero(matches >= 0)
     if len(idx) == 0:
         return np.zeros(0)
-    return np.linalg.norm(project(h_1k, kp1[idx]) - kpk[matches[idx]], axis=1)
+    return np.linalg.norm(apply_homography(h_1k, kp1[idx]) - kpk[matches[idx]], axis=1)
 
 
 def corner_error(h_est: NDArray | None, h_gt: NDArray, width: int, height: int) -> float:
@@ -67,7 +60,7 @@ def corner_error(h_est: NDArray | None, h_gt: NDArray, width: int, height: int) 
     if h_est is None:
         return float("inf")
     c = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
-    err = np.linalg.norm(project(h_est, c) - project(h_gt, c), axis=1).mean()
+    err = np.linalg.norm(apply_homography(h_est, c) - apply_homography(h_gt, c), axis=1).mean()
     return float(err) if np.isfinite(err) else float("inf")
 
 

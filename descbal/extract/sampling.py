@@ -36,7 +36,7 @@ CHUNK = 8192
 REMAP_ROWS = 32000
 
 
-def _use_numpy(device: torch.device) -> bool:
+def _on_host(device: torch.device) -> bool:
     """Whether patches are sampled by OpenCV on the host (the CPU) or by torch on the device."""
     return device.type == "cpu"
 
@@ -72,7 +72,7 @@ def image_pyramid(image: NDArray[np.uint8], device: str | torch.device = "cpu") 
     dev = torch.device(device)
     levels = build_pyramid(image)
     sizes = np.array([(lv.shape[1], lv.shape[0]) for lv in levels], np.int64)
-    if _use_numpy(dev):
+    if _on_host(dev):
         return Pyramid(dev, sizes, [lv.astype(np.float32) for lv in levels])
     h0, w0 = levels[0].shape
     offsets = np.zeros((len(levels), 2), np.int64)
@@ -84,7 +84,7 @@ def image_pyramid(image: NDArray[np.uint8], device: str | torch.device = "cpu") 
     atlas = np.zeros((max(h0, y), width), np.uint8)
     for lv, (ox, oy) in zip(levels, offsets, strict=True):
         atlas[oy : oy + lv.shape[0], ox : ox + lv.shape[1]] = lv
-    up = torch.from_numpy(atlas).to(dev, non_blocking=False).float()[None, None]  # one upload, as uint8
+    up = torch.from_numpy(atlas).to(dev).float()[None, None]  # one upload, as uint8
     return Pyramid(dev, sizes, [], up, offsets)
 
 
