@@ -165,6 +165,26 @@ def test_frn_and_tlu_formulas() -> None:
     assert torch.equal(t(x), torch.maximum(x, torch.tensor(-1.0)))
 
 
+def test_tlu_gradient_in_closed_form() -> None:
+    """d max(x, tau)/dx = [x > tau], d/dtau = [x <= tau] summed over batch and space (ties go
+    to tau); a NaN input stays NaN."""
+    t = TLU(2)
+    with torch.no_grad():
+        t.tau.copy_(torch.tensor([-1.0, 0.5]).view(1, 2, 1, 1))
+    x = torch.tensor([[[[-2.0, 0.0]], [[0.5, 3.0]]], [[[-1.0, -5.0]], [[1.0, -4.0]]]], requires_grad=True)
+    g = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]], [[[5.0, 6.0]], [[7.0, 8.0]]]])
+    y = t(x)
+    assert torch.equal(y.detach(), torch.tensor([[[[-1.0, 0.0]], [[0.5, 3.0]]], [[[-1.0, -1.0]], [[1.0, 0.5]]]]))
+    y.backward(g)
+    # channel 0 (tau -1): x > tau at (0, 0, 0, 1) only; channel 1 (tau 0.5): at 3.0 and 1.0
+    assert torch.equal(x.grad, torch.tensor([[[[0.0, 2.0]], [[0.0, 4.0]]], [[[0.0, 0.0]], [[7.0, 0.0]]]]))
+    assert torch.equal(t.tau.grad.flatten(), torch.tensor([1.0 + 5.0 + 6.0, 3.0 + 8.0]))
+    with torch.enable_grad():
+        assert torch.isnan(t(torch.full((1, 2, 1, 1), float("nan"), requires_grad=True))).all()
+    ref = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b: TLU.forward(t, a) * b, (ref, torch.rand(4, 2, 3, 3, dtype=torch.float64)))
+
+
 def test_hynet_input_scale_only_matters_up_to_eps() -> None:
     """The leading FRN divides by the RMS: 0-255 inputs and [0, 1] inputs give (nearly) the same
     descriptor (self-tnet.md §5.1)."""
