@@ -10,7 +10,7 @@ from train_fixtures import one_torch_thread, trained_like  # noqa: F401
 
 from descbal.models import MODELS, build_model
 from descbal.models.inference import fold_batchnorm, inference_copy, prepare_input
-from descbal.models.layers import FRN, TLU
+from descbal.models.layers import FRN, TLU, _FRNScale
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,15 +114,26 @@ def test_frn_two_pass_forward_matches_the_formula_in_value_and_gradient() -> Non
     f = f.double()
     x1 = x.clone().requires_grad_(True)
     x2 = x.clone().requires_grad_(True)
+    w2 = f.weight.detach().clone().requires_grad_(True)
+    b2 = f.bias.detach().clone().requires_grad_(True)
     y1 = f(x1)
-    y2 = x2 / torch.sqrt(x2.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-6) * f.weight + f.bias
+    y2 = x2 / torch.sqrt(x2.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-6) * w2 + b2
     torch.testing.assert_close(y1, y2)
     g = torch.randn_like(y1)
     (y1 * g).sum().backward()
     (y2 * g).sum().backward()
     assert torch.isfinite(x1.grad).all()
     torch.testing.assert_close(x1.grad, x2.grad)
-    assert torch.autograd.gradcheck(lambda t: f(t), (torch.randn(1, 3, 3, 3, dtype=torch.float64, requires_grad=True),))
+    torch.testing.assert_close(f.weight.grad, w2.grad)
+    torch.testing.assert_close(f.bias.grad, b2.grad)
+    # gradients in x, gamma and beta at once, against finite differences
+    assert torch.autograd.gradcheck(lambda t, w, b: _FRNScale.apply(t, w, b, f.eps, torch.float64),
+                                    (torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True),
+                                     f.weight.detach().clone().requires_grad_(True),
+                                     f.bias.detach().clone().requires_grad_(True)))
+    nb = FRN(3, bias=False).double()
+    assert torch.autograd.gradcheck(lambda t: nb(t), (torch.randn(1, 3, 3, 3, dtype=torch.float64, requires_grad=True),))
+
 
 
 def test_frn_dtype_promotes_like_before_unless_keep_dtype() -> None:
@@ -130,8 +141,13 @@ def test_frn_dtype_promotes_like_before_unless_keep_dtype() -> None:
     inference copies keep bfloat16 activations."""
     x = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
     f = FRN(3)
+    xg = x.clone().requires_grad_(True)
+    yg = f(xg)  # the training path (closed-form backward)
+    yg.sum().backward()
+    assert yg.dtype == torch.float32 and xg.grad.dtype == torch.bfloat16 and f.weight.grad.dtype == torch.float32
     with torch.no_grad():
         assert f(x).dtype == torch.float32
+        torch.testing.assert_close(f(x), yg.detach())
         f.keep_dtype = True
         y = f(x)
     assert y.dtype == torch.bfloat16
