@@ -10,6 +10,9 @@ real photos) and evaluates, next to SIFT, the published TFeat (liberty) weights 
 * the HPatches protocol on the HPatches-format benchmark ``descbal make-benchmark`` builds from
   the same sequences.
 
+Besides the untrained network as built, a second untrained row has only its BatchNorm running
+statistics measured on the pool (:func:`with_pool_statistics`): what any training does to them.
+
 One run trains one model per ``--pool`` x ``--loss`` pair (Self-TNet small schedule stretched
 to ``--steps``; annealing off). Pool presets (:data:`POOLS`) change how the photos become
 patches. Several runs (say one per pool, in parallel on one GPU) each write ``--json``;
@@ -27,6 +30,7 @@ Target: mean MMA@3 >= 0.62 for a trained model.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -34,6 +38,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from descbal.config import load_config
@@ -46,6 +51,7 @@ from descbal.eval.model_eval import hpatches_descriptors
 from descbal.eval.sequences import evaluate_sequences
 from descbal.models import build_model, load, save_checkpoint
 from descbal.recipes import recipe_text
+from descbal.train.augment import apply_augment, identity_params
 from descbal.train.config import RunConfig
 from descbal.train.trainer import Trainer
 
@@ -67,6 +73,33 @@ LOSSES: dict[str, list[str]] = {
     "balance": [],
     "triplet": ['loss.name="triplet"', "loss.params={margin = 1.0}"],
 }
+
+
+def with_pool_statistics(model: torch.nn.Module, pool: PatchSet, n: int = 20000, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are measured on ``n`` training
+    patches of ``pool`` (fed as the trainer feeds them, without augmentation), weights unchanged.
+
+    An untrained network's BatchNorm has never seen data, so its descriptors are not centred or
+    scaled per dimension; after any training they are. This row separates what training the
+    weights changes from what those statistics change.
+    """
+    m = copy.deepcopy(model)
+    train_ids = np.flatnonzero(~pool.holdout) if pool.holdout is not None else np.arange(len(pool.labels))
+    ids = np.sort(np.random.default_rng(seed).choice(train_ids, min(n, len(train_ids)), replace=False))
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None  # a plain average over all batches
+    m.train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.eval()
+    with torch.no_grad():
+        for s in range(0, len(ids), 1000):
+            raw = torch.from_numpy(np.asarray(pool.patches[ids[s : s + 1000]]))
+            x = apply_augment(raw, identity_params(len(raw), raw.shape[-1], 32)) * float(m.input_scale * 255.0)
+            m(x)
+    return m.eval()
 
 
 def train_one(pool: PatchSet, pool_path: Path, loss: str, run: Path, args: argparse.Namespace) -> Path:
@@ -140,6 +173,10 @@ def main() -> None:
         pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.get("num_patches"),
                                  "seconds": time.perf_counter() - t0}
         pool = load_patchset(pool_path)  # once for every loss trained on it
+        if not args.no_baselines and "HyNet untrained" in models and len(pools_used) == 1:
+            fitted = args.work / "untrained-pool-statistics.pt"
+            save_checkpoint(fitted, with_pool_statistics(load(untrained), pool))
+            models[f"HyNet untrained, BatchNorm statistics from pool {pool_name}"] = fitted
         for loss in args.loss or ["balance", "triplet"]:
             label = f"HyNet {loss}, pool {pool_name}, {args.steps} steps x {args.classes}"
             # the run folder names the schedule, so a rerun never reuses a model trained for another
