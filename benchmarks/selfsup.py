@@ -62,6 +62,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: How photos become patches, by name (``PoolConfig`` fields that differ from the defaults).
 POOLS: dict[str, PoolConfig] = {
     "default": PoolConfig(),
+    # one more view per keypoint and a third more keypoints per photo: the CPU runs of GPU-NOTES
+    "views5": PoolConfig(views=5, max_keypoints=400),
     # stronger viewpoint changes and detector noise, one more view per keypoint
     "hard": PoolConfig(views=5, max_keypoints=400, rotation=35.0, zoom=(0.6, 1.6), perspective=0.14,
                        pos_noise=0.06, angle_noise=10.0),
@@ -149,7 +151,7 @@ def main() -> None:
     ap.add_argument("--max-keypoints", type=int, default=1000, help="DoG keypoints per image for MMA")
     ap.add_argument("--mag", type=float, action="append", default=None,
                     help="measurement region = mag x keypoint diameter for MMA (repeatable; default 5, "
-                         "descbal's extraction default); one MMA column per value")
+                         "descbal's extraction default, and 8); one MMA@3 column per value")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="print the rows of these --json files")
     args = ap.parse_args()
@@ -193,7 +195,7 @@ def main() -> None:
             run = args.work / f"run-{pool_name}-{loss}-{args.steps}x{args.classes}"
             models[label] = train_one(pool, pool_path, loss, run, args)
 
-    mags = args.mag or [PatchGeometry().mag]
+    mags = args.mag or [PatchGeometry().mag, 8.0]
     by_mag = [evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
                                  max_keypoints=args.max_keypoints, device=dev, geometry=PatchGeometry(mag=mag))
               for mag in mags]
