@@ -53,7 +53,7 @@ from descbal.eval.sequences import evaluate_sequences
 from descbal.geometry import PatchGeometry
 from descbal.models import build_model, load, save_checkpoint
 from descbal.recipes import recipe_text
-from descbal.train.augment import apply_augment, identity_params
+from descbal.train.augment import network_input
 from descbal.train.config import RunConfig
 from descbal.train.trainer import Trainer
 
@@ -81,7 +81,8 @@ LOSSES: dict[str, list[str]] = {
 
 def with_pool_statistics(model: torch.nn.Module, pool: PatchSet, n: int = 20000, seed: int = 0) -> torch.nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are measured on ``n`` training
-    patches of ``pool`` (fed as the trainer feeds them, without augmentation), weights unchanged.
+    patches of ``pool`` (as training feeds them: :func:`~descbal.train.augment.network_input`
+    without augmentation), weights unchanged.
 
     An untrained network's BatchNorm has never seen data, so its descriptors are not centred or
     scaled per dimension; after any training they are. This row separates what training the
@@ -90,19 +91,16 @@ def with_pool_statistics(model: torch.nn.Module, pool: PatchSet, n: int = 20000,
     m = copy.deepcopy(model)
     train_ids = np.flatnonzero(~pool.holdout) if pool.holdout is not None else np.arange(len(pool.labels))
     ids = np.sort(np.random.default_rng(seed).choice(train_ids, min(n, len(train_ids)), replace=False))
+    m.train()
     for mod in m.modules():
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.reset_running_stats()
             mod.momentum = None  # a plain average over all batches
-    m.train()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.Dropout):
+        elif isinstance(mod, torch.nn.Dropout):
             mod.eval()
     with torch.no_grad():
         for s in range(0, len(ids), 1000):
-            raw = torch.from_numpy(np.asarray(pool.patches[ids[s : s + 1000]]))
-            x = apply_augment(raw, identity_params(len(raw), raw.shape[-1], 32)) * float(m.input_scale * 255.0)
-            m(x)
+            m(network_input(torch.from_numpy(np.asarray(pool.patches[ids[s : s + 1000]])), None, m.input_scale))
     return m.eval()
 
 
@@ -177,7 +175,8 @@ def main() -> None:
         save_checkpoint(untrained, build_model("hynet", dropout=0.3))
         models["HyNet untrained"] = untrained
     pools_used = {}
-    for pool_name in args.pool or ["default"]:
+    pool_names = args.pool or ["default"]
+    for pool_name in pool_names:
         pool_cfg = POOLS[pool_name]
         pool_path = args.work / f"pool-{pool_name}.h5"
         t0 = time.perf_counter()
@@ -185,10 +184,10 @@ def main() -> None:
         pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.get("num_patches"),
                                  "seconds": time.perf_counter() - t0}
         pool = load_patchset(pool_path)  # once for every loss trained on it
-        if not args.no_baselines and "HyNet untrained" in models and len(pools_used) == 1:
+        if not args.no_baselines and pool_name == pool_names[0]:
             fitted = args.work / "untrained-pool-statistics.pt"
             save_checkpoint(fitted, with_pool_statistics(load(untrained), pool))
-            models[f"HyNet untrained, BatchNorm statistics from pool {pool_name}"] = fitted
+            models[f"HyNet untrained, pool BN statistics ({pool_name})"] = fitted
         for loss in args.loss or ["balance", "triplet"]:
             label = f"HyNet {loss}, pool {pool_name}, {args.steps} steps x {args.classes}"
             # the run folder names the schedule, so a rerun never reuses a model trained for another
@@ -196,19 +195,26 @@ def main() -> None:
             models[label] = train_one(pool, pool_path, loss, run, args)
 
     mags = args.mag or [PatchGeometry().mag, 8.0]
-    by_mag = [evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
+    seqs = evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
+                              max_keypoints=args.max_keypoints, device=dev, geometry=PatchGeometry(mag=mags[0]))
+    mma3 = {m["name"]: {str(mags[0]): m["mma"]["overall"][2]} for m in seqs["models"]}
+    networks = {k: v for k, v in models.items() if v != "sift"}  # OpenCV's descriptor has its own region
+    for mag in mags[1:]:
+        res = evaluate_sequences(DATA / "hpatches-sequences", list(networks.values()), names=list(networks),
                                  max_keypoints=args.max_keypoints, device=dev, geometry=PatchGeometry(mag=mag))
-              for mag in mags]
-    seqs = by_mag[0]
+        for m in res["models"]:
+            mma3[m["name"]][str(mag)] = m["mma"]["overall"][2]
+    for label in models.keys() - networks.keys():
+        mma3[label] |= {str(mag): mma3[label][str(mags[0])] for mag in mags[1:]}
     rows = []
     split_names = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
-    for i, ((label, m), res) in enumerate(zip(models.items(), seqs["models"], strict=True)):
+    for (label, m), res in zip(models.items(), seqs["models"], strict=True):
         desc = hpatches_descriptors(m if m == "sift" else load(m), bench / "patches", split_names, device=dev)
         head = evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
         rows.append({"label": label, "trained": label.startswith("HyNet ") and "untrained" not in label,
                      "mma": res["mma"]["overall"], "h3": res["homography_accuracy"]["overall"]["3"],
                      "matches": res["num_matches"]["overall"], **head,
-                     "mma3_by_mag": {str(mag): r["models"][i]["mma"]["overall"][2] for mag, r in zip(mags, by_mag, strict=True)}})
+                     "mma3_by_mag": mma3[label]})
     print(f"\nSelf-supervised training on {DATA / 'train-pool'}; evaluation on {', '.join(seqs['sequences'])} "
           f"({dev})")
     print_table(rows)

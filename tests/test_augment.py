@@ -17,7 +17,14 @@ import pytest
 import torch
 from train_fixtures import one_torch_thread  # noqa: F401
 
-from descbal.train.augment import AugmentConfig, AugmentParams, apply_augment, identity_params, sample_params
+from descbal.train.augment import (
+    AugmentConfig,
+    AugmentParams,
+    apply_augment,
+    identity_params,
+    network_input,
+    sample_params,
+)
 
 PLAIN = AugmentConfig(degrees=0.0, shear=0.0, scale=(1.0, 1.0), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), pad=0)
 N = 4000
@@ -54,6 +61,19 @@ def test_identity_params_reproduce_the_plain_resize() -> None:
     out = apply_augment(torch.from_numpy(p), prm)
     assert out.shape == (6, 1, 32, 32) and out.dtype == torch.float32
     np.testing.assert_allclose(out[:, 0].numpy(), block_mean(p), atol=1e-6, rtol=0)
+
+
+def test_network_input_units_and_plain_resize() -> None:
+    """Grey level v becomes v x input_scale (HyNet 1/255, HardNet 1): a flat patch stays flat at
+    that value; without params it is the plain resize."""
+    flat = torch.full((2, 64, 64), 100, dtype=torch.uint8)
+    torch.testing.assert_close(network_input(flat, None, 1.0 / 255.0), torch.full((2, 1, 32, 32), 100 / 255.0))
+    torch.testing.assert_close(network_input(flat, None, 1.0), torch.full((2, 1, 32, 32), 100.0))
+    p = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8))
+    torch.testing.assert_close(network_input(p, None, 1.0), apply_augment(p, identity_params(3)) * 255.0)
+    params = identity_params(3)
+    params.flip[:] = True
+    assert torch.equal(network_input(p, params, 1.0), network_input(p, None, 1.0).flip(-1))
 
 
 def test_identity_params_other_sizes() -> None:

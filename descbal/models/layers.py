@@ -40,8 +40,9 @@ class _FRNScale(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, weight, r = ctx.saved_tensors
         n = x.shape[2] * x.shape[3]
-        g_dot_x = (grad * x).sum(dim=(2, 3), keepdim=True).to(r.dtype)  # (B, C, 1, 1)
         grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            g_dot_x = (grad * x).sum(dim=(2, 3), keepdim=True).to(r.dtype)  # (B, C, 1, 1)
         if ctx.needs_input_grad[0]:
             wr = weight * r
             grad_x = (grad * wr.to(grad.dtype)).addcmul_(x, (-wr * r.square() * g_dot_x / n).to(grad.dtype))

@@ -142,3 +142,15 @@ def apply_augment(patches: torch.Tensor, params: AugmentParams, out_size: int = 
     out = torch.where(tr, out.transpose(-1, -2), out)
     fl = torch.as_tensor(params.flip, device=dev)[:, None, None, None]
     return torch.where(fl, out.flip(-1), out)
+
+
+def network_input(patches: torch.Tensor, params: AugmentParams | None, input_scale: float,
+                  out_size: int = 32) -> torch.Tensor:
+    """What training feeds the network: uint8 patches resampled by ``params`` (None: a plain
+    resize, no augmentation) in the model's input units (``input_scale`` x grey levels 0..255).
+
+    Shape: (B, H, W) uint8 -> (B, 1, out_size, out_size) float32, on the patches' device.
+    """
+    if params is None:
+        params = identity_params(len(patches), patches.shape[-1], out_size)
+    return apply_augment(patches, params, out_size) * float(input_scale * 255.0)

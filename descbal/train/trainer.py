@@ -44,7 +44,7 @@ from descbal.losses.registry import build_loss
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, read_checkpoint
 from descbal.train.anneal import annealing_schedule
-from descbal.train.augment import apply_augment, identity_params, sample_params
+from descbal.train.augment import network_input, sample_params
 from descbal.train.config import RunConfig
 from descbal.train.optim import ScheduleConfig, make_optimizer, schedule_at, set_lr_beta1
 from descbal.train.sampler import ClassBatchSampler
@@ -231,12 +231,11 @@ class Trainer:
         class_pos = _class_positions(b.labels)
         idx = torch.from_numpy(b.indices).to(self.device)
         patches = self.patches.index_select(0, idx)
+        params = None
         if self.cfg.loop.augment:
             rng = np.random.default_rng([self.cfg.loop.seed, self.phase, epoch, it, 1])
             params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=patches.shape[-1])
-        else:
-            params = identity_params(len(idx), patches.shape[-1], self.cfg.augment.out_size)
-        x = apply_augment(patches, params, self.cfg.augment.out_size) * float(self.model.input_scale * 255.0)
+        x = network_input(patches, params, self.model.input_scale, self.cfg.augment.out_size)
         if self.device.type == "cuda" and self.cfg.loop.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, idx)
