@@ -41,7 +41,7 @@ def method_configs(steps: int, classes: int, anneal_frac: float, device: str) ->
     """--set overrides per method (on top of the self-tnet-small recipe)."""
     main_iters = max(1, steps // 4)
     common = [f"loop.classes_per_batch={classes}", f"loop.device={device}", "loop.epochs=4",
-              f"loop.iters_per_epoch={main_iters}", "anneal.enabled=false"]
+              f"loop.iters_per_epoch={main_iters}", "phases.anneal.enabled=false"]
     cycles = 3
     per_cycle = max(1, int(steps * anneal_frac) // cycles)
     an_main = max(1, (steps - per_cycle * cycles) // 4)
@@ -52,9 +52,9 @@ def method_configs(steps: int, classes: int, anneal_frac: float, device: str) ->
         "balance (Self-TNet stage 1)": common,
         **{k: common + v for k, v in seed_method_overrides(steps).items()},
         "balance + annealing": [f"loop.classes_per_batch={classes}", f"loop.device={device}", "loop.epochs=4",
-                                f"loop.iters_per_epoch={an_main}", "anneal.enabled=true",
-                                f"anneal.start_batch={classes + step}", f"anneal.min_batch={classes + step - cycles * step}",
-                                f"anneal.step={step}", f"anneal.iters={per_cycle}"],
+                                f"loop.iters_per_epoch={an_main}", "phases.anneal.enabled=true",
+                                f"phases.anneal.cycles.start_batch={classes + step}", f"phases.anneal.cycles.min_batch={classes + step - cycles * step}",
+                                f"phases.anneal.cycles.step={step}", f"phases.anneal.cycles.iters={per_cycle}"],
     }
 
 

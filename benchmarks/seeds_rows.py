@@ -2,9 +2,9 @@
 
 ``seed_method_overrides()`` gives, per method, the ``--set`` overrides that replace the
 self-tnet-small recipe's loss; ``benchmarks/ablation.py`` puts its ``common`` overrides (batch
-shape, device, ``loop.epochs=4``, ``loop.iters_per_epoch``, ``anneal.enabled=false``) in front,
-so every row trains the same HyNet for the same number of steps. The trainer must register the
-losses (``import descbal.losses.seeds``).
+shape, device, ``loop.epochs=4``, ``loop.iters_per_epoch``, ``phases.anneal.enabled=false``) in front,
+so every row trains the same HyNet for the same number of steps. Every loss is registered by
+``import descbal.losses``.
 
 Equal budget means equal steps, not equal time: the DDTAS meta step costs about three plain
 steps; the memory row adds one (B x M) similarity matrix per step.

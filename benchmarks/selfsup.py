@@ -108,7 +108,7 @@ def train_one(pool: PatchSet, pool_path: Path, loss: str, run: Path, args: argpa
     epochs = 4
     overrides = [f"data.train={json.dumps(str(pool_path))}", f"loop.device={json.dumps(args.device)}",
                  f"loop.epochs={epochs}", f"loop.iters_per_epoch={max(1, args.steps // epochs)}",
-                 f"loop.classes_per_batch={args.classes}", "anneal.enabled=false", *LOSSES[loss]]
+                 f"loop.classes_per_batch={args.classes}", "phases.anneal.enabled=false", *LOSSES[loss]]
     cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
     if not (run / "model.pt").is_file():
         shutil.rmtree(run, ignore_errors=True)

@@ -61,6 +61,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise BadInputError(f"config key {key!r} must be a table")
+        args = typing.get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):  # named tables of one schema, in order
+            return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp in (int, float) and isinstance(value, bool):
         raise BadInputError(f"config key {key!r} must be {tp.__name__}, got {value!r}")
@@ -78,6 +81,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - names
+    moved = getattr(cls, "_moved_keys", {})
+    for u in sorted(unknown):
+        if u in moved:
+            raise BadInputError(f"config key {prefix + u!r}: {moved[u]}")
     if unknown:
         raise BadInputError(f"unknown config key(s) {', '.join(prefix + u for u in sorted(unknown))}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}

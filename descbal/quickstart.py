@@ -77,7 +77,7 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     log("2/4 training a small HyNet with the Self-TNet recipe (self-tnet-small)")
     overrides = [f'data.train="{pool_path}"', f"loop.seed={seed}", "loop.device=cpu"]
     if quick:
-        overrides += ["loop.epochs=1", "loop.iters_per_epoch=4", "loop.classes_per_batch=16", "anneal.iters=2"]
+        overrides += ["loop.epochs=1", "loop.iters_per_epoch=4", "loop.classes_per_batch=16", "phases.anneal.cycles.iters=2"]
     cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
     run_dir = out / "run"
     if run_dir.exists():

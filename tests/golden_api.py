@@ -1,8 +1,8 @@
 """The library calls behind the loss golden file (``make_loss_golden.py`` and ``test_loss_golden.py``).
 
-Version for the code before the loss pipeline split: each registered loss is an objective
-``loss(model, x, labels)`` that runs the network itself; the train-mode output is captured
-to take the gradient with respect to the embeddings.
+The golden file was recorded with the objectives that ran the network themselves (before the
+miner / loss / reducer pipeline); this is the same computation through the trainer's forward
+(``descbal.train.step.loss_step``) and the registered pipeline of each loss.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from torch import nn
 
 from descbal.config import load_config
 from descbal.data.patchset import write_patchset
-from descbal.losses.registry import build_loss
+from descbal.losses import build_pipeline
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
+from descbal.train.step import loss_step
 from descbal.train.trainer import start_run
 
 
 class _Capture(nn.Module):
-    """Runs ``net``; keeps its last train-mode output."""
+    """Runs ``net``; keeps its last train-mode output (the embeddings the loss sees)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -39,15 +40,13 @@ class _Capture(nn.Module):
 
 def case_step(loss_name: str, params: dict[str, Any], batches: list[tuple[nn.Module, torch.Tensor, torch.Tensor]]
               ) -> list[tuple[float, np.ndarray]]:
-    import descbal.losses.seeds  # noqa: F401
-    import descbal.losses.triplet  # noqa: F401
-
-    loss = build_loss(loss_name, **params)
+    """(loss, d loss / d embeddings) of each batch, in order, through one pipeline."""
+    pipeline = build_pipeline(loss_name, params)
     out = []
     for i, (net, x, labels) in enumerate(batches):
         torch.manual_seed(100 + i)
         model = _Capture(net).train()
-        res = loss(model, x, labels)
+        res = loss_step(model, pipeline, x, labels)
         emb = model.last
         (g,) = torch.autograd.grad(res.loss, [emb], allow_unused=True)
         g = torch.zeros_like(emb) if g is None else g
@@ -56,6 +55,7 @@ def case_step(loss_name: str, params: dict[str, Any], batches: list[tuple[nn.Mod
 
 
 def run_steps(tmp: Path, name: str, recipe: str, overrides: list[str], data: dict[str, int], steps: int) -> nn.Module:
+    """The model after ``steps`` CPU steps of a shipped recipe on a generated patch set."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))

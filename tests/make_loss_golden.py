@@ -60,7 +60,7 @@ BATCH_SEEDS = (0, 1, 2)
 
 #: (run name, recipe, overrides) of the 50-step training checks.
 RUNS: list[tuple[str, str, list[str]]] = [
-    ("self-tnet-small", "self-tnet-small", ["loop.epochs=1", "loop.iters_per_epoch=30", "anneal.iters=10"]),
+    ("self-tnet-small", "self-tnet-small", ["loop.epochs=1", "loop.iters_per_epoch=30", "phases.anneal.cycles.iters=10"]),
     ("triplet", "triplet", ["loop.epochs=1", "loop.iters_per_epoch=50", "loop.classes_per_batch=64"]),
 ]
 RUN_DATA = {"seed": 3, "num_classes": 200, "per_class": 3}

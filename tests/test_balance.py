@@ -223,7 +223,7 @@ def test_short_cpu_run_loss_falls_and_fpr95_beats_untrained(tmp_path, shared_dat
     pool, _ = build_pool(photos, PoolConfig(max_keypoints=120, views=3, pairs=1000, holdout_fraction=0.2, seed=3))
     cfg = load_config(RunConfig, [recipe_text("self-tnet-small")],
                       ["loop.device=cpu", "loop.epochs=1", "loop.iters_per_epoch=40", "loop.classes_per_batch=32",
-                       "anneal.enabled=false"])
+                       "phases.anneal.enabled=false"])
     trainer = Trainer(cfg, tmp_path / "run", pool, None)
     batch = trainer.sampler.batch(99, 0)
     x = apply_augment(torch.from_numpy(pool.patches[batch.indices]), identity_params(len(batch.indices)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import descbal.losses.seeds  # noqa: F401  (registers the seed losses)
+import descbal.losses  # noqa: F401  (registers every loss)
 from descbal.losses.ddtas import (
     AsymmetricPairMiner,
     DDTASLoss,
@@ -347,12 +347,12 @@ def test_recipes_and_ablation_rows_build(recipe: str, loss_name: str) -> None:
     assert recipe in recipe_names()
     cfg = load_config(RunConfig, [recipe_text(recipe)])
     assert cfg.loss.name == loss_name
-    assert type(build_phases(cfg)[0].loss).name == loss_name  # type: ignore[attr-defined]
+    assert type(build_phases(cfg)[0].pipeline.loss).name == loss_name  # type: ignore[attr-defined]
     rows = [r for r in _seed_rows().values() if f'loss.name="{loss_name}"' in r]
     assert len(rows) == 1
     common = ["loop.classes_per_batch=64", "loop.device=cpu", "loop.epochs=4", "loop.iters_per_epoch=75",
-              "anneal.enabled=false"]
+              "phases.anneal.enabled=false"]
     cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], common + rows[0] + ['data.train="x.h5"'])
     phases = build_phases(cfg)
-    assert len(phases) == 1 and type(phases[0].loss).name == loss_name  # type: ignore[attr-defined]
+    assert len(phases) == 1 and type(phases[0].pipeline.loss).name == loss_name  # type: ignore[attr-defined]
     assert phases[0].steps == 300

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from train_fixtures import tiny_config, write_sets
 
-import descbal.losses.seeds  # noqa: F401  (registers the seed losses)
+import descbal.losses  # noqa: F401  (registers every loss)
 from descbal.losses.memory import RANK_BASE, HardNegativePairMiner, MemoryContrastiveLoss, contrastive_pair_loss
 from descbal.losses.registry import build_loss
 from descbal.train.config import LossConfig, ModelConfig

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import descbal.losses.seeds  # noqa: F401  (registers the seed losses)
+import descbal.losses  # noqa: F401  (registers every loss)
 from descbal.losses.osm import OSMCAALoss, OSMSoftMiner, batch_centroid_attention, osm_pair_loss
 from descbal.losses.registry import build_loss
 

@@ -24,10 +24,10 @@ def test_photo_recipe_is_the_benchmarked_schedule() -> None:
     photos = load_config(RunConfig, [recipe_text("self-tnet-photos")])
     bench = load_config(RunConfig, [recipe_text("self-tnet-small")],
                         ["loop.epochs=4", "loop.iters_per_epoch=750", "loop.classes_per_batch=512",
-                         "anneal.enabled=false"])
+                         "phases.anneal.enabled=false"])
     assert replace(photos.loop, log_every=bench.loop.log_every) == bench.loop
     assert (photos.model, photos.optim, photos.schedule, photos.augment) == (bench.model, bench.optim, bench.schedule,
                                                                            bench.augment)
-    assert photos.anneal.enabled is False and bench.anneal.enabled is False
+    assert "anneal" not in photos.phases and bench.phases["anneal"].enabled is False
     (phase,) = build_phases(photos)
     assert phase.steps == 3000 and phase.classes_per_batch == 512

@@ -2,10 +2,10 @@
 
 self-tnet.md §3 and §4.2, as the authors' code computes them. Per class c of the batch, with
 the hardest positive distance a_c and hardest negative distance b_c mined on the student
-(``descbal.losses.mining``):
+(``descbal.losses.miners``):
 
 * **self-supervised weight** (§3.1): the same network in eval mode, without gradient, gives the
-  teacher descriptors; the teacher margin ``m_c = bT_c - aT_c`` is measured at the
+  teacher descriptors (the pipeline's teacher, ``descbal.losses.teachers``); the teacher margin ``m_c = bT_c - aT_c`` is measured at the
   *student-mined* indices, and ``w_c = teacher_weight(m_c)`` is 0 at or below ``lo``, the
   concave ramp ``1 - ((m - hi) / (lo - hi))^2`` between ``lo`` and ``hi``, 1 at or above ``hi``;
 * **dynamic boundary** (§3.2): ``B = 2 (median(b) + A median(a))`` with the lower median, detached,
@@ -21,15 +21,16 @@ and a fixed ``B = 4.25``.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
-from torch import nn
 
-from descbal.losses.mining import ClassTuples, hardest_per_class, pair_distances
+from descbal.losses.miners import hardest_per_class
+from descbal.losses.pipeline import Embedded, Loss
+from descbal.losses.reducers import ClassTerms, mean_reduce
 from descbal.losses.registry import register_loss
-from descbal.losses.triplet import StepOutput, mean_reduce
+from descbal.losses.triplet import class_distances
+from descbal.losses.tuples import ClassTuples, Reference
 
 
 def teacher_weight(margin: torch.Tensor, lo: float = -0.55, hi: float = 0.10) -> torch.Tensor:
@@ -55,56 +56,55 @@ def dynamic_boundary(a: torch.Tensor, b: torch.Tensor, A: float = 1.05) -> torch
     return (2.0 * (lower_median(b.detach()) + A * lower_median(a.detach()))).detach()
 
 
-def balance_terms(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, B: torch.Tensor | float, R: float = 1.0) -> torch.Tensor:
-    """Per-class ``w (R a^2 + b~^2 - B b~)`` with ``b~ = min(b, B/2)``. Shape: (C,) x3 -> (C,)."""
+def balance_values(a: torch.Tensor, b: torch.Tensor, B: torch.Tensor | float, R: float = 1.0) -> torch.Tensor:
+    """Per-class ``R a^2 + b~^2 - B b~`` with ``b~ = min(b, B/2)`` (unweighted). Shape: (C,) x2 -> (C,)."""
     B_t = torch.as_tensor(B, dtype=a.dtype, device=a.device)
     bt = torch.minimum(b, B_t / 2)
-    return w * (R * a * a + bt * bt - B_t * bt)
+    return R * a * a + bt * bt - B_t * bt
 
 
-def _distances(x: torch.Tensor, t: ClassTuples) -> tuple[torch.Tensor, torch.Tensor]:
-    return pair_distances(x, t.pos_a, t.pos_b), pair_distances(x, t.neg_a, t.neg_b)
+def balance_terms(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, B: torch.Tensor | float, R: float = 1.0) -> torch.Tensor:
+    """Per-class ``w (R a^2 + b~^2 - B b~)``. Shape: (C,) x3 -> (C,)."""
+    return w * balance_values(a, b, B, R)
 
 
-def balance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, lo: float = -0.55,
+def _balance_terms(student: torch.Tensor, teacher: torch.Tensor | None, t: ClassTuples, *, lo: float, hi: float,
+                   A: float, R: float, boundary: float | None) -> ClassTerms:
+    a, b = class_distances(student, t)
+    with torch.no_grad():
+        if teacher is None:
+            w = torch.ones_like(a)
+        else:
+            at, bt = class_distances(teacher.detach(), t)
+            w = teacher_weight(bt - at, lo, hi)
+        w = w * t.valid
+    B = dynamic_boundary(a, b, A) if boundary is None else torch.tensor(float(boundary), device=a.device)
+    stats = {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()), "B": float(B),
+             "weight_mean": float(w.mean()), "zero_weight": float((w == 0).float().mean())}
+    return ClassTerms(balance_values(a, b, B, R), w, stats)
+
+
+def balance_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, lo: float = -0.55,
                  hi: float = 0.10, A: float = 1.05, R: float = 1.0) -> torch.Tensor:
-    """Self-TNet's stage-1 balance loss (§3.2, without the constant +5).
+    """Self-TNet's stage-1 balance loss (§3.2, without the constant +5), for use in other loops.
 
     Args:
         student: (N, D) unit descriptors with gradient (train mode).
-        teacher: (N, D) unit descriptors of the same batch from the teacher (no gradient).
+        teacher: (N, D) unit descriptors of the same batch from the teacher (no gradient), or
+            None for no weighting.
         labels: (N,) class ids.
 
     Returns:
         Scalar loss (float32); an exact 0 for an empty batch.
     """
-    per, _ = _balance_per_class(student, teacher, labels, lo=lo, hi=hi, A=A, R=R, boundary=None)
-    return mean_reduce(per)
-
-
-def _balance_per_class(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, lo: float,
-                       hi: float, A: float, R: float, boundary: float | None) -> tuple[torch.Tensor, dict[str, float]]:
-    t = hardest_per_class(student, labels)
-    a, b = _distances(student, t)
-    with torch.no_grad():
-        if teacher is None:
-            w = torch.ones_like(a)
-            margin = None
-        else:
-            at, bt = _distances(teacher.detach(), t)
-            margin = bt - at
-            w = teacher_weight(margin, lo, hi)
-        w = w * t.valid
-    B = dynamic_boundary(a, b, A) if boundary is None else torch.tensor(float(boundary), device=a.device)
-    per = balance_terms(a, b, w, B, R)
-    stats = {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()), "B": float(B),
-             "weight_mean": float(w.mean()), "zero_weight": float((w == 0).float().mean())}
-    return per, stats
+    terms = _balance_terms(student, teacher, hardest_per_class(student, labels), lo=lo, hi=hi, A=A, R=R, boundary=None)
+    assert terms.weights is not None
+    return mean_reduce(terms.weights * terms.values)
 
 
 @register_loss("balance")
-class BalanceLoss:
-    """Stage-1 objective: teacher pass, student pass, mining, balance loss.
+class BalanceLoss(Loss):
+    """Stage-1 loss: balance terms of class tuples, weighted by the teacher's margins.
 
     Args:
         lo, hi: the weight ramp (§3.1). A, R: boundary and positive factors (§3.2).
@@ -113,63 +113,43 @@ class BalanceLoss:
         boundary: ``"dynamic"`` (median-based B) or a fixed value of B (ablation).
     """
 
+    tuples: ClassVar[type] = ClassTuples
+
     def __init__(self, lo: float = -0.55, hi: float = 0.10, A: float = 1.05, R: float = 1.0,
                  teacher: str = "self", boundary: str | float = "dynamic") -> None:
+        super().__init__()
         self.lo, self.hi, self.A, self.R = lo, hi, A, R
         if boundary != "dynamic" and not isinstance(boundary, int | float):
             raise ValueError(f"boundary must be 'dynamic' or a number, got {boundary!r}")
         self.boundary = None if boundary == "dynamic" else float(boundary)
+        if not isinstance(teacher, str):
+            raise ValueError(f"teacher must be 'self', 'none' or a model path, got {teacher!r}")
         self.teacher = teacher
-        self._external: nn.Module | None = None
-        if teacher not in ("self", "none"):
-            from descbal.models import load
 
-            if not Path(teacher).exists():
-                raise ValueError(f"teacher must be 'self', 'none' or a model path; {teacher!r} does not exist")
-            self._external = load(teacher).eval()
-            for p in self._external.parameters():
-                p.requires_grad_(False)
+    def teacher_spec(self) -> str | None:
+        return None if self.teacher == "none" else self.teacher
 
-    def teacher_descriptors(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-        """The teacher's view of the batch (eval mode, no gradient), or None without weighting."""
-        if self.teacher == "none":
-            return None
-        with torch.no_grad():
-            if self._external is not None:
-                ext = self._external.to(x.device)
-                return ext(x).float()
-            was_training = model.training
-            model.eval()
-            try:
-                return model(x).float()
-            finally:
-                model.train(was_training)
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        teacher = self.teacher_descriptors(model, x)
-        student = model(x).float()
-        per, stats = _balance_per_class(student, teacher, labels, lo=self.lo, hi=self.hi, A=self.A, R=self.R,
-                                        boundary=self.boundary)
-        return StepOutput(mean_reduce(per), stats)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: ClassTuples, reference: Reference | None,
+                batch: Embedded | None = None) -> ClassTerms:
+        teacher = None if batch is None or self.teacher == "none" else batch.teacher
+        return _balance_terms(embeddings, teacher, tuples, lo=self.lo, hi=self.hi, A=self.A, R=self.R,
+                              boundary=self.boundary)
 
 
 @register_loss("anneal")
-class AnnealLoss:
-    """Stage-2 objective (§4.2): hard weight ``[b - a > threshold]`` on the current margin,
+class AnnealLoss(Loss):
+    """Stage-2 loss (§4.2): hard weight ``[b - a > threshold]`` on the current margin,
     fixed boundary ``B`` (4.25), no teacher."""
 
+    tuples: ClassVar[type] = ClassTuples
+
     def __init__(self, threshold: float = -0.10, B: float = 4.25, R: float = 1.0) -> None:
+        super().__init__()
         self.threshold, self.B, self.R = threshold, B, R
 
-    def per_class(self, desc: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(C,) losses and statistics for unit descriptors ``desc`` (N, D)."""
-        t = hardest_per_class(desc, labels)
-        a, b = _distances(desc, t)
-        w = ((b.detach() - a.detach()) > self.threshold).float() * t.valid
-        per = balance_terms(a, b, w, self.B, self.R)
-        return per, {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()),
-                     "kept": float(w.mean())}
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        per, stats = self.per_class(model(x).float(), labels)
-        return StepOutput(mean_reduce(per), stats)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: ClassTuples, reference: Reference | None,
+                batch: Embedded | None = None) -> ClassTerms:
+        a, b = class_distances(embeddings, tuples)
+        w = ((b.detach() - a.detach()) > self.threshold).float() * tuples.valid
+        return ClassTerms(balance_values(a, b, self.B, self.R), w,
+                          {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()), "kept": float(w.mean())})

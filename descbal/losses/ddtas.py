@@ -55,25 +55,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from descbal.losses.pairs import (
-    PairTuples,
-    class_split,
-    pair_similarities,
-    per_anchor_count,
-    per_anchor_sum,
-    similarity_matrix,
-    unwrap_model,
-    zero_loss,
-)
-from descbal.losses.registry import register_loss
-from descbal.losses.triplet import StepOutput
+from descbal.losses.distances import pair_similarities, similarity_matrix, zero_loss
+from descbal.losses.grouping import class_split
+from descbal.losses.pipeline import Embedded, Loss
+from descbal.losses.reducers import AnchorReducer, PairTerms
+from descbal.losses.registry import register_loss, register_miner
+from descbal.losses.tuples import PairTuples, Reference
+from descbal.models.registry import unwrap_model
 
 DUPLICATE_SIM = 1.0 - 1e-6
 
@@ -92,6 +87,7 @@ def adaptive_tolerances(ratio: float, pos_tol: float, neg_tol: float) -> tuple[f
     return t, pos_tol * (1.0 + t), neg_tol * (1.0 - t)
 
 
+@register_miner("asms")
 class AsymmetricPairMiner:
     """ASMS / AT-ASMS pair miner (§1.3.2-1.3.3) on cosine similarity.
 
@@ -107,8 +103,7 @@ class AsymmetricPairMiner:
         require_both: drop the pairs of anchors left with no positive or no negative (the
             code's ``continue``).
 
-    ``mine(desc, labels)`` returns the pairs and statistics; ``__call__`` only the pairs (and
-    keeps the statistics in ``last_stats``). Both run under ``no_grad`` in float32.
+    ``miner(desc, labels)`` returns the pairs with their statistics, under ``no_grad`` in float32.
     """
 
     def __init__(self, pos_tol: float = 0.1, neg_tol: float = 0.01, adaptive: bool = False, ratio: str = "code",
@@ -120,10 +115,10 @@ class AsymmetricPairMiner:
         self.pos_tol, self.neg_tol = float(pos_tol), float(neg_tol)
         self.adaptive, self.ratio = bool(adaptive), ratio
         self.exclude_duplicates, self.require_both = bool(exclude_duplicates), bool(require_both)
-        self.last_stats: dict[str, float] = {}
 
     @torch.no_grad()
-    def mine(self, desc: torch.Tensor, labels: torch.Tensor) -> tuple[PairTuples, dict[str, float]]:
+    def __call__(self, desc: torch.Tensor, labels: torch.Tensor, reference: Reference | None = None,
+                 batch: Any = None) -> PairTuples:
         """Mine pairs of the batch.
 
         Args:
@@ -131,10 +126,12 @@ class AsymmetricPairMiner:
             labels: (N,) class ids.
 
         Returns:
-            :class:`PairTuples` into the batch, and statistics: ``ratio``, ``t``, ``gamma_p``,
+            :class:`PairTuples` into the batch with statistics: ``ratio``, ``t``, ``gamma_p``,
             ``gamma_n``, ``mined_pos``, ``mined_neg`` (pair counts), ``active`` (fraction of
             anchors with pairs).
         """
+        if reference is not None:
+            raise ValueError("the 'asms' miner mines the batch only (no reference set)")
         if desc.ndim != 2 or labels.shape != (desc.shape[0],):
             raise ValueError(f"expected desc (N, D) and labels (N,), got {tuple(desc.shape)} and {tuple(labels.shape)}")
         n = desc.shape[0]
@@ -168,15 +165,12 @@ class AsymmetricPairMiner:
         if self.require_both:
             both = pos.any(dim=1, keepdim=True) & neg.any(dim=1, keepdim=True)
             pos, neg = pos & both, neg & both
-        pairs = PairTuples.from_masks(pos, neg)
+        a1, p = pos.nonzero(as_tuple=True)
+        a2, nn_ = neg.nonzero(as_tuple=True)
         active = (pos.any(dim=1) & neg.any(dim=1)).float().mean() if n else torch.zeros(())
         stats = {"ratio": float(min(r, 1e30)), "t": t, "gamma_p": gp, "gamma_n": gn,
-                 "mined_pos": float(pairs.num_pos), "mined_neg": float(pairs.num_neg), "active": float(active)}
-        return pairs, stats
-
-    def __call__(self, desc: torch.Tensor, labels: torch.Tensor) -> PairTuples:
-        pairs, self.last_stats = self.mine(desc, labels)
-        return pairs
+                 "mined_pos": float(a1.numel()), "mined_neg": float(a2.numel()), "active": float(active)}
+        return PairTuples(a1, p, a2, nn_, stats=stats)
 
 
 class SoftContrastiveLoss:
@@ -209,17 +203,14 @@ class SoftContrastiveLoss:
         ln = (2.0 / self.alpha) * F.softplus(self.alpha * (un - lam))
         return lp, ln
 
-    def reduce(self, lp: torch.Tensor, ln: torch.Tensor, pairs: PairTuples, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-anchor means of the pair losses, summed; then the mean (see ``reduction``).
+    @property
+    def reducer(self) -> AnchorReducer:
+        """Per-anchor means of the pair losses, summed; then the mean (see ``reduction``)."""
+        return AnchorReducer(pair_mean=True, require_both=True, over="all" if self.reduction == "all_anchors" else "active")
 
-        Returns the scalar loss and the (n,) bool mask of active anchors.
-        """
-        cp, cn = per_anchor_count(pairs.a1, n), per_anchor_count(pairs.a2, n)
-        active = (cp > 0) & (cn > 0)
-        per = (per_anchor_sum(lp, pairs.a1, n) / cp.clamp(min=1) + per_anchor_sum(ln, pairs.a2, n) / cn.clamp(min=1))
-        per = torch.where(active, per, torch.zeros_like(per))
-        denom = n if self.reduction == "all_anchors" else int(active.sum())
-        return per.sum() / max(denom, 1), active
+    def terms(self, lp: torch.Tensor, ln: torch.Tensor, pairs: PairTuples, n: int) -> PairTerms:
+        """Pair losses as the reducer's input, for a batch of ``n`` anchors."""
+        return PairTerms(lp, ln, pairs.a1, pairs.a2, n)
 
     def __call__(self, desc: torch.Tensor, pairs: PairTuples, w_pos: torch.Tensor | None = None,
                  w_neg: torch.Tensor | None = None, base: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -230,8 +221,7 @@ class SoftContrastiveLoss:
         sp = pair_similarities(desc, None, pairs.a1, pairs.p)
         sn = pair_similarities(desc, None, pairs.a2, pairs.n)
         lp, ln = self.pair_losses(sp, sn, w_pos, w_neg, base)
-        loss, _ = self.reduce(lp, ln, pairs, desc.shape[0])
-        return loss
+        return self.reducer(self.terms(lp, ln, pairs, desc.shape[0]))
 
 
 def multi_similarity_loss(desc: torch.Tensor, labels: torch.Tensor, alpha: float = 40.0, beta: float = 2.0,
@@ -345,7 +335,7 @@ def meta_pair_weights(model: nn.Module, x_train: torch.Tensor, pairs: PairTuples
         sp = pair_similarities(f, None, pairs.a1, pairs.p)
         sn = pair_similarities(f, None, pairs.a2, pairs.n)
         lp, ln = loss.pair_losses(sp, sn, w[:kp], w[kp:])
-        return loss.reduce(lp, ln * neg_scale, pairs, f.shape[0])[0]
+        return loss.reducer(loss.terms(lp, ln * neg_scale, pairs, f.shape[0]))
 
     def val_loss(f: torch.Tensor) -> torch.Tensor:
         return multi_similarity_loss(f, labels_val, val_alpha, val_beta, val_base)
@@ -390,8 +380,8 @@ def meta_threshold_step(model: nn.Module, x_train: torch.Tensor, pairs: PairTupl
 
 
 @register_loss("ddtas")
-class DDTASLoss(nn.Module):
-    """DDTAS objective: AT-ASMS mining + meta-learned pair thresholds + SoftCon loss (module docstring).
+class DDTASLoss(Loss):
+    """DDTAS: AT-ASMS mining + meta-learned pair thresholds + SoftCon loss (module docstring).
 
     Args:
         alpha, beta, base: SoftCon's negative scale, positive scale and threshold (40, 2, 0.7).
@@ -403,13 +393,19 @@ class DDTASLoss(nn.Module):
         meta_val_fraction: share of the batch's classes used as the validation batch.
         meta_val_holdout: keep those classes out of the training loss (True) or train on them too.
         meta_inner_lr: the virtual step size. meta_lr: the threshold's step (``meta="threshold"``).
-        val_base: the validation loss's base (0.5). reduction: SoftCon's reduction.
+        val_base: the validation loss's base (0.5). reduction: SoftCon's reduction (the default
+            ``anchor`` reducer's ``over``).
         exclude_duplicates: see :class:`AsymmetricPairMiner`.
 
-    ``forward(model, x, labels)`` returns a :class:`StepOutput`; ``compute(desc, labels)`` is the
-    meta-free loss of given descriptors. Buffer ``meta_base`` holds the threshold of
-    ``meta="threshold"`` (checkpointed with the run).
+    The miner parameters build the default ``asms`` miner (``loss.miner`` replaces it). The
+    meta step needs the batch's model and inputs and a validation batch (``Embedded.held``):
+    :meth:`split` holds the last ``meta_val_fraction`` of the classes out, and the trainer
+    passes them; from Python, set ``held`` to use a separate batch, as the authors do. Buffer
+    ``meta_base`` holds the threshold of ``meta="threshold"`` (checkpointed with the run).
     """
+
+    default_miner: ClassVar[str] = "asms"
+    default_reducer: ClassVar[str] = "anchor"
 
     def __init__(self, alpha: float = 40.0, beta: float = 2.0, base: float = 0.7, pos_tol: float = 0.1,
                  neg_tol: float = 0.01, adaptive: bool = True, ratio: str = "code", meta: str = "pair_weight",
@@ -423,71 +419,63 @@ class DDTASLoss(nn.Module):
             raise ValueError(f"weight_norm must be 'separate' or 'joint', got {weight_norm!r}")
         if not 0.0 < meta_val_fraction < 1.0:
             raise ValueError("meta_val_fraction must be in (0, 1)")
-        self.miner = AsymmetricPairMiner(pos_tol, neg_tol, adaptive, ratio, exclude_duplicates)
-        self.loss = SoftContrastiveLoss(alpha, beta, base, reduction)
+        self.miner_args = (pos_tol, neg_tol, adaptive, ratio, exclude_duplicates)
+        AsymmetricPairMiner(*self.miner_args)  # validate now
+        self.softcon = SoftContrastiveLoss(alpha, beta, base, reduction)
         self.meta, self.weight_norm = meta, weight_norm
         self.meta_val_fraction, self.meta_val_holdout = float(meta_val_fraction), bool(meta_val_holdout)
         self.meta_inner_lr, self.meta_lr, self.val_base = float(meta_inner_lr), float(meta_lr), float(val_base)
         self.register_buffer("meta_base", torch.tensor(float(base)))
 
-    def compute(self, desc: torch.Tensor, labels: torch.Tensor, w_pos: torch.Tensor | None = None,
-                w_neg: torch.Tensor | None = None) -> StepOutput:
-        """Mine and score given descriptors without the meta step.
+    def make_miner(self) -> AsymmetricPairMiner:
+        return AsymmetricPairMiner(*self.miner_args)
 
-        Args:
-            desc: (N, D) unit descriptors with gradient. labels: (N,) class ids.
-            w_pos, w_neg: optional weights for the pairs this call mines (rarely useful).
-        """
-        desc = desc.float()
-        pairs, stats = self.miner.mine(desc, labels)
-        loss = self.loss(desc, pairs, w_pos, w_neg, base=self._base())
-        return StepOutput(loss, {**stats, "base": self._base()})
+    def make_reducer(self) -> AnchorReducer:
+        return self.softcon.reducer
 
     def _base(self) -> float:
-        return float(self.meta_base) if self.meta == "threshold" else self.loss.base
+        return float(self.meta_base) if self.meta == "threshold" else self.softcon.base
 
-    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, val_x: torch.Tensor | None = None,
-                val_labels: torch.Tensor | None = None) -> StepOutput:
-        """One training step's loss.
+    def split(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        if self.meta == "none":
+            return None
+        s = class_split(labels, self.meta_val_fraction)
+        if s is None:
+            return None
+        keep, held = s
+        return (keep if self.meta_val_holdout else None), held
 
-        Args:
-            model: maps (B, 1, H, W) patches to (B, D) unit descriptors.
-            x: (B, 1, H, W) batch. labels: (B,) 3D-point ids.
-            val_x, val_labels: optional separate validation batch (M, 1, H, W), (M,) for the meta
-                step; by default the batch's last ``meta_val_fraction`` of classes.
-
-        Returns:
-            :class:`StepOutput`: the scalar float32 loss and statistics (mining, ``meta_active``,
-            mean weights, ``base``).
-        """
-        x_t, y_t, x_v, y_v = x, labels, val_x, val_labels
-        if self.meta != "none" and x_v is None:
-            split = class_split(labels, self.meta_val_fraction)
-            if split is not None:
-                keep, held = split
-                x_v, y_v = x[held], labels[held]
-                if self.meta_val_holdout:
-                    x_t, y_t = x[keep], labels[keep]
-        desc = model(x_t).float()
-        pairs, stats = self.miner.mine(desc, y_t)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: PairTuples, reference: Reference | None,
+                batch: Embedded | None = None) -> PairTerms:
+        """SoftCon pair losses of ``embeddings`` (N, D) at the mined pairs, with the meta step's
+        pair weights when it runs (statistics ``meta_active``, mean weights, ``base``)."""
+        pairs = tuples
         w_pos = w_neg = None
         meta_active = 0.0
         extra: dict[str, Any] = {}
-        if self.meta != "none" and x_v is not None and y_v is not None and len(pairs) > 0:
-            kwargs = {"inner_lr": self.meta_inner_lr, "val_alpha": self.loss.alpha, "val_beta": self.loss.beta,
+        held = None if batch is None else batch.held
+        if (self.meta != "none" and held is not None and batch is not None and batch.model is not None
+                and batch.inputs is not None and len(pairs) > 0):
+            x_t, (x_v, y_v) = batch.inputs, held
+            kwargs = {"inner_lr": self.meta_inner_lr, "val_alpha": self.softcon.alpha, "val_beta": self.softcon.beta,
                       "val_base": self.val_base}
             if self.meta == "pair_weight":
-                ws = meta_pair_weights(model, x_t, pairs, x_v, y_v, self.loss, weight_norm=self.weight_norm, **kwargs)
+                ws = meta_pair_weights(batch.model, x_t, pairs, x_v, y_v, self.softcon, weight_norm=self.weight_norm,
+                                       **kwargs)
                 if ws is not None:
                     w_pos, w_neg = ws
                     meta_active = 1.0
                     extra = {"w_pos_mean": float(w_pos.mean()) if w_pos.numel() else 0.0,
                              "w_neg_mean": float(w_neg.mean()) if w_neg.numel() else 0.0}
             else:
-                new_base, grad = meta_threshold_step(model, x_t, pairs, x_v, y_v, self.loss, float(self.meta_base),
-                                                     meta_lr=self.meta_lr, **kwargs)
+                new_base, grad = meta_threshold_step(batch.model, x_t, pairs, x_v, y_v, self.softcon,
+                                                     float(self.meta_base), meta_lr=self.meta_lr, **kwargs)
                 self.meta_base.fill_(new_base)
                 meta_active = 1.0
                 extra = {"base_grad": grad}
-        loss = self.loss(desc, pairs, w_pos, w_neg, base=self._base())
-        return StepOutput(loss, {**stats, "meta_active": meta_active, "base": self._base(), **extra})
+        sp = pair_similarities(embeddings, None, pairs.a1, pairs.p)
+        sn = pair_similarities(embeddings, None, pairs.a2, pairs.n)
+        lp, ln = self.softcon.pair_losses(sp, sn, w_pos, w_neg, base=self._base())
+        terms = self.softcon.terms(lp, ln, pairs, embeddings.shape[0])
+        return PairTerms(terms.pos, terms.neg, terms.pos_anchors, terms.neg_anchors, terms.num_anchors,
+                         stats={"meta_active": meta_active, "base": self._base(), **extra})

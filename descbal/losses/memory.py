@@ -20,12 +20,17 @@ by a similarity test. Everything the memory needs to continue is a buffer of thi
 memory. Buffers are sized at the first batch (``memory_size = memory_batches x batch``) and
 re-sized from a state dict on load.
 
-Global ids: the trainer gives the loss only ``(model, x, labels)``. By default a sample's id is
+Global ids: the trainer gives no ids (``Embedded.ids`` is None). By default a sample's id is
 its position in the stream of all samples ever enqueued (``seen + k``): unique, stable across a
 resume, and enough to mask self matches (the only copy of *this* forward pass of a patch). An
 earlier copy of the same patch, drawn again in a later batch with another augmentation, is a
-legitimate positive and is kept. From Python, ``compute(..., ids=patch_indices)`` masks by patch
+legitimate positive and is kept. From Python, ``Embedded(..., ids=patch_indices)`` masks by patch
 index instead (which also drops those earlier copies, as pytorch-metric-learning does).
+
+In the pipeline: :meth:`MemoryContrastiveLoss.references` enqueues the batch (before any loss
+is computed) and names the terms, ``batch`` (weight 1) and, after the warm-up, ``memory``
+(weight w); the ``xbm`` miner mines each; the ``anchor`` reducer sums (or averages) each
+anchor's pair terms and averages over the anchors.
 
 The 2021 paper's "momentum-updated memory" could not be read (§2.4); both readings are options:
 
@@ -41,25 +46,20 @@ The 2021 paper's "momentum-updated memory" could not be read (§2.4); both readi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from descbal.losses.pairs import (
-    PairTuples,
-    class_ranks,
-    pair_similarities,
-    per_anchor_count,
-    per_anchor_sum,
-    similarity_matrix,
-    unwrap_model,
-    zero_loss,
-)
-from descbal.losses.registry import register_loss
-from descbal.losses.triplet import StepOutput
+from descbal.losses.distances import pair_similarities, similarity_matrix, zero_loss
+from descbal.losses.grouping import class_ranks
+from descbal.losses.pipeline import Embedded, Loss
+from descbal.losses.reducers import AnchorReducer, PairTerms
+from descbal.losses.registry import register_loss, register_miner
+from descbal.losses.tuples import PairTuples, Reference
+from descbal.models.registry import unwrap_model
 
 #: Mined rows are processed in chunks of at most this many similarities.
 CHUNK = 1 << 25
@@ -67,34 +67,34 @@ RANK_BASE = 65536
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@register_miner("xbm")
 class HardNegativePairMiner:
     """All positives (self excluded by id) and the negatives with ``S > neg_threshold``.
 
     Args:
         neg_threshold: cosine similarity above which a negative is hard (lambda, 0.5).
 
-    ``__call__(desc, labels, ref, ref_labels, ids, ref_ids)`` runs under ``no_grad`` in float32;
-    without ``ref`` the batch is its own reference and the diagonal is the self match.
+    ``miner(desc, labels, reference)`` runs under ``no_grad`` in float32; without a reference
+    the batch is its own reference and the diagonal is the self match; with one, a pair (i, j)
+    is a self match when ``reference.query_ids[i] == reference.ids[j]``.
     """
 
     def __init__(self, neg_threshold: float = 0.5) -> None:
         self.neg_threshold = float(neg_threshold)
 
     @torch.no_grad()
-    def __call__(self, desc: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor | None = None,
-                 ref_labels: torch.Tensor | None = None, ids: torch.Tensor | None = None,
-                 ref_ids: torch.Tensor | None = None) -> PairTuples:
-        """Pairs ``(a1, p, a2, n)``; ``p``/``n`` index ``ref`` (or the batch).
+    def __call__(self, desc: torch.Tensor, labels: torch.Tensor, reference: Reference | None = None,
+                 batch: Any = None) -> PairTuples:
+        """Pairs ``(a1, p, a2, n)``; ``p``/``n`` index the reference (or the batch).
 
-        Shapes: desc (N, D), labels (N,), ref (M, D), ref_labels (M,), ids (N,), ref_ids (M,).
-        A pair (i, j) is a self match when ``ids[i] == ref_ids[j]`` (with ``ref=None``: i == j).
+        Shapes: desc (N, D), labels (N,); reference (M, D) embeddings, (M,) labels and ids.
         """
         n = desc.shape[0]
-        if ref is None:
+        if reference is None:
             ref, ref_labels = desc, labels
             ids = ref_ids = torch.arange(n, device=desc.device)
-        if ref_labels is None or ids is None or ref_ids is None:
-            raise ValueError("a reference set needs ref_labels, ids and ref_ids")
+        else:
+            ref, ref_labels, ids, ref_ids = reference.embeddings, reference.labels, reference.query_ids, reference.ids
         m = ref.shape[0]
         rows = max(1, CHUNK // max(m, 1))
         parts: list[tuple[torch.Tensor, ...]] = []
@@ -111,36 +111,42 @@ class HardNegativePairMiner:
         return PairTuples(*(torch.cat([q[k] for q in parts]) for k in range(4)))
 
 
-def contrastive_pair_loss(desc: torch.Tensor, pairs: PairTuples, ref: torch.Tensor | None = None,
-                          reduction: str = "sum") -> tuple[torch.Tensor, dict[str, float]]:
-    """XBM contrastive loss at mined pairs: ``(1 - S)`` per positive, ``S`` per negative.
+def contrastive_terms(desc: torch.Tensor, pairs: PairTuples, ref: torch.Tensor | None = None) -> PairTerms:
+    """XBM contrastive pair terms: ``1 - S`` per positive, ``S`` per negative, with gradient.
 
     Args:
         desc: (N, D) anchors with gradient. ref: (M, D) reference (None: ``desc`` itself).
         pairs: indices into desc (a1, a2) and ref (p, n).
-        reduction: ``"sum"`` (per anchor sums, XBM) or ``"mean"`` (per anchor means of the
-            positive and of the negative terms); then the mean over all N anchors.
 
-    Returns:
-        Scalar float32 loss (an exact 0 without pairs) and statistics ``pos``, ``neg`` (pairs
-        per anchor).
+    Statistics ``pos``, ``neg``: pairs per anchor.
     """
     n = desc.shape[0]
-    stats = {"pos": pairs.num_pos / max(n, 1), "neg": pairs.num_neg / max(n, 1)}
-    if len(pairs) == 0:
-        return zero_loss(desc), stats
     sp = pair_similarities(desc, ref, pairs.a1, pairs.p)
     sn = pair_similarities(desc, ref, pairs.a2, pairs.n)
-    pos = per_anchor_sum(1.0 - sp, pairs.a1, n)
-    neg = per_anchor_sum(sn, pairs.a2, n)
-    if reduction == "mean":
-        pos = pos / per_anchor_count(pairs.a1, n).clamp(min=1)
-        neg = neg / per_anchor_count(pairs.a2, n).clamp(min=1)
-    return (pos + neg).mean(), stats
+    return PairTerms(1.0 - sp, sn, pairs.a1, pairs.a2, n,
+                     stats={"pos": pairs.num_pos / max(n, 1), "neg": pairs.num_neg / max(n, 1)})
+
+
+def contrastive_pair_loss(desc: torch.Tensor, pairs: PairTuples, ref: torch.Tensor | None = None,
+                          reduction: str = "sum") -> tuple[torch.Tensor, dict[str, float]]:
+    """XBM contrastive loss at mined pairs: :func:`contrastive_terms` through the ``anchor`` reducer.
+
+    ``reduction``: ``"sum"`` (per anchor sums, XBM) or ``"mean"`` (per anchor means of the
+    positive and of the negative terms); then the mean over all N anchors. Returns the scalar
+    float32 loss (an exact 0 without pairs) and the statistics ``pos``, ``neg``.
+    """
+    terms = contrastive_terms(desc, pairs, ref)
+    if len(pairs) == 0:
+        return zero_loss(desc), terms.stats
+    return _reducer(reduction)(terms), terms.stats
+
+
+def _reducer(reduction: str) -> AnchorReducer:
+    return AnchorReducer(pair_mean=reduction == "mean", require_both=False, over="all")
 
 
 @register_loss("memory_contrastive")
-class MemoryContrastiveLoss(nn.Module):
+class MemoryContrastiveLoss(Loss):
     """Contrastive loss with a cross-batch memory (module docstring).
 
     Args:
@@ -158,6 +164,8 @@ class MemoryContrastiveLoss(nn.Module):
     """
 
     _LAZY = ("mem_feats", "mem_labels", "mem_ids", "ema_params")
+    default_miner: ClassVar[str] = "xbm"
+    default_reducer: ClassVar[str] = "anchor"
 
     def __init__(self, neg_threshold: float = 0.5, memory_size: int = 0, memory_batches: int = 8,
                  start_iter: int = 1000, memory_weight: float = 1.0, include_batch_term: bool = True,
@@ -174,7 +182,7 @@ class MemoryContrastiveLoss(nn.Module):
             raise ValueError("memory_size >= 0, memory_batches >= 1 and start_iter >= 0 are required")
         if not 0.0 <= momentum < 1.0:
             raise ValueError("momentum must be in [0, 1)")
-        self.miner = HardNegativePairMiner(neg_threshold)
+        self.neg_threshold = float(neg_threshold)
         self.memory_size, self.memory_batches = int(memory_size), int(memory_batches)
         self.start_iter, self.memory_weight = int(start_iter), float(memory_weight)
         self.include_batch_term, self.update = bool(include_batch_term), update
@@ -299,45 +307,39 @@ class MemoryContrastiveLoss(nn.Module):
             return labels.long() * RANK_BASE + class_ranks(labels)
         return self.seen.to(labels.device) + torch.arange(labels.shape[0], device=labels.device)
 
-    def compute(self, desc: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor | None = None,
-                keys: torch.Tensor | None = None) -> StepOutput:
-        """Enqueue the batch, then the loss of ``desc`` against the batch and the memory.
+    def make_miner(self) -> HardNegativePairMiner:
+        return HardNegativePairMiner(self.neg_threshold)
 
-        Args:
-            desc: (B, D) unit descriptors with gradient. labels: (B,) 3D-point ids.
-            ids: optional (B,) global ids (e.g. patch indices) for the self mask and the EMA bank.
-            keys: optional (B, D) descriptors to enqueue instead of ``desc`` (momentum encoder).
+    def make_reducer(self) -> AnchorReducer:
+        return _reducer(self.reduction)
 
-        Returns:
-            :class:`StepOutput` with the float32 loss and statistics ``loss_batch``,
-            ``loss_memory``, ``pos_batch``/``neg_batch``/``pos_memory``/``neg_memory`` (pairs per
-            anchor), ``memory_on`` and ``memory_fill``.
-        """
+    def references(self, batch: Embedded) -> list[tuple[str, Reference | None, float]]:
+        """Enqueue the batch (momentum-encoder keys for ``ema_encoder``), then the terms:
+        ``batch`` (if ``include_batch_term``) and, once the warm-up is over, ``memory``."""
+        desc, labels = batch.embeddings, batch.labels
         if desc.ndim != 2 or labels.shape != (desc.shape[0],):
             raise ValueError(f"expected desc (B, D) and labels (B,), got {tuple(desc.shape)} and {tuple(labels.shape)}")
-        desc = desc.float()
-        gid = self._ids(labels, ids)
+        keys = None
+        if self.update == "ema_encoder":
+            if batch.model is None or batch.inputs is None:
+                raise ValueError("update='ema_encoder' needs the batch's model and inputs")
+            keys = self.momentum_descriptors(batch.model, batch.inputs)
+        gid = self._ids(labels, batch.ids)
         self.enqueue(desc if keys is None else keys, labels, gid)
         self.seen.add_(desc.shape[0])
-        total = zero_loss(desc)
-        stats: dict[str, float] = {}
+        terms: list[tuple[str, Reference | None, float]] = []
         if self.include_batch_term:
-            lb, sb = contrastive_pair_loss(desc, self.miner(desc, labels), None, self.reduction)
-            total = total + lb
-            stats.update(loss_batch=float(lb.detach()), pos_batch=sb["pos"], neg_batch=sb["neg"])
-        on = int(self.iteration) >= self.start_iter
-        if on:
+            terms.append(("batch", None, 1.0))
+        self._on = int(self.iteration) >= self.start_iter
+        if self._on:
             mem, mem_labels, mem_ids = self.memory()
-            pairs = self.miner(desc, labels, mem, mem_labels, gid, mem_ids)
-            lm, sm = contrastive_pair_loss(desc, pairs, mem, self.reduction)
-            total = total + self.memory_weight * lm
-            stats.update(loss_memory=float(lm.detach()), pos_memory=sm["pos"], neg_memory=sm["neg"])
+            terms.append(("memory", Reference(mem, mem_labels, mem_ids, gid), self.memory_weight))
         self.iteration.add_(1)
-        stats.update(memory_on=float(on), memory_fill=float(self.filled) / max(self.capacity, 1))
-        return StepOutput(total, stats)
+        return terms
 
-    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        """One training step: descriptors of ``x`` (B, 1, H, W), then :meth:`compute`."""
-        desc = model(x).float()
-        keys = self.momentum_descriptors(model, x) if self.update == "ema_encoder" else None
-        return self.compute(desc, labels, keys=keys)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: PairTuples, reference: Reference | None,
+                batch: Embedded | None = None) -> PairTerms:
+        return contrastive_terms(embeddings, tuples, None if reference is None else reference.embeddings)
+
+    def step_stats(self) -> dict[str, float]:
+        return {"memory_on": float(getattr(self, "_on", False)), "memory_fill": float(self.filled) / max(self.capacity, 1)}

@@ -13,9 +13,11 @@ Euclidean distances ``d_ij`` of unit descriptors and stop-gradient weights:
 * ``L = sum_pos omega+ d^2 + sum_neg omega- [margin - d]_+^2`` (times ``1 / (2 N_pair)`` with
   ``caffe_scale=True``, the factor the Caffe gradients carry).
 
-The weights come from a separate **soft miner** (:class:`OSMSoftMiner`, under ``no_grad``): it
-returns the pairs with non-zero weight and their normalised weights; the loss only evaluates the
-per-pair terms at those pairs and sums them with those weights.
+The OSM weights come from a separate **soft miner** (:class:`OSMSoftMiner`, registered ``osm``,
+under ``no_grad``): it returns the pairs with non-zero weight and their OSM weights. The loss
+multiplies them by the pair attention, normalises them 50/50, evaluates the per-pair terms at
+those pairs, and the ``sum`` reducer adds them up with those weights. With another miner the
+OSM weights are 1.
 
 CAA options (``attention``), §5.3:
 
@@ -35,36 +37,19 @@ CAA options (``attention``), §5.3:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from descbal.losses.pairs import (
-    PairTuples,
-    pair_similarities,
-    similarity_matrix,
-    unit_distance,
-    zero_loss,
-)
-from descbal.losses.registry import register_loss
-from descbal.losses.triplet import StepOutput
+from descbal.losses.distances import pair_similarities, similarity_matrix, unit_distance, zero_loss
+from descbal.losses.pipeline import Embedded, Loss
+from descbal.losses.reducers import PairTerms, SumReducer
+from descbal.losses.registry import register_loss, register_miner
+from descbal.losses.tuples import PairTuples, Reference
 
 NORM_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class SoftPairs:
-    """Pairs with non-zero soft-mining weight and their normalised weights.
-
-    ``pairs``: positive pairs (a1, p) and active negative pairs (a2, n), all with ``a < b``;
-    ``w_pos`` (Kp,), ``w_neg`` (Kn,): float32 weights summing to ``1 - lambda`` and ``lambda``.
-    """
-
-    pairs: PairTuples
-    w_pos: torch.Tensor
-    w_neg: torch.Tensor
 
 
 def gaussian_attention(score: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -90,66 +75,77 @@ def batch_centroid_attention(desc: torch.Tensor, labels: torch.Tensor, sigma: fl
     return torch.where(has, gaussian_attention(s, sigma), torch.ones_like(s))
 
 
+@register_miner("osm")
 class OSMSoftMiner:
-    """Online soft mining (§3.2 points 1, 2, 4, 5): all pairs ``i < j`` with their OSM x CAA weights.
+    """Online soft mining (§3.2 points 1, 2, 4): all pairs ``i < j`` of the batch with their OSM weights.
 
     Args:
         margin: alpha, the negative margin on Euclidean distance (1.2).
         sigma_osm: the positive weight's Gaussian width on distance (0.8, the code's form).
-        pos_neg_balance: lambda, the negatives' share of the total weight (0.5).
-        pair_attention: ``"min"`` (the code's) or ``"product"`` (commented out in the code).
 
-    ``__call__(desc, labels, attention=None)`` runs under ``no_grad`` in float32; ``attention``
-    (N,) is the per-sample CAA (None: all 1).
+    Returns :class:`PairTuples` (``a < b``; negatives only where the weight is non-zero) with
+    ``w_pos = exp(-d^2 / (2 sigma^2))`` and ``w_neg = [margin - d]_+``, under ``no_grad`` in float32.
     """
 
-    def __init__(self, margin: float = 1.2, sigma_osm: float = 0.8, pos_neg_balance: float = 0.5,
-                 pair_attention: str = "min") -> None:
-        if pair_attention not in ("min", "product"):
-            raise ValueError(f"pair_attention must be 'min' or 'product', got {pair_attention!r}")
-        if not 0.0 <= pos_neg_balance <= 1.0:
-            raise ValueError("pos_neg_balance must be in [0, 1]")
+    def __init__(self, margin: float = 1.2, sigma_osm: float = 0.8) -> None:
         self.margin, self.sigma_osm = float(margin), float(sigma_osm)
-        self.pos_neg_balance, self.pair_attention = float(pos_neg_balance), pair_attention
 
     @torch.no_grad()
-    def __call__(self, desc: torch.Tensor, labels: torch.Tensor, attention: torch.Tensor | None = None) -> SoftPairs:
-        """Soft-mined pairs of the batch (see :class:`SoftPairs`). Shape: (N, D), (N,), (N,)."""
+    def __call__(self, desc: torch.Tensor, labels: torch.Tensor, reference: Reference | None = None,
+                 batch: Any = None) -> PairTuples:
+        if reference is not None:
+            raise ValueError("the 'osm' miner mines the batch only (no reference set)")
         n = desc.shape[0]
         d = unit_distance(similarity_matrix(desc.detach()))
         same = labels[:, None] == labels[None, :]
         upper = torch.ones(n, n, dtype=torch.bool, device=desc.device).triu(1)
         wpos = torch.exp(-(d * d) / (2.0 * self.sigma_osm ** 2))
         wneg = torch.clamp(self.margin - d, min=0.0)
-        pos = same & upper
-        neg = ~same & upper & (wneg > 0)
-        pairs = PairTuples.from_masks(pos, neg)
-        wp, wn = wpos[pairs.a1, pairs.p], wneg[pairs.a2, pairs.n]
-        if attention is not None:
-            a = attention.detach().float()
-            comb = torch.minimum if self.pair_attention == "min" else torch.mul
-            wp = wp * comb(a[pairs.a1], a[pairs.p])
-            wn = wn * comb(a[pairs.a2], a[pairs.n])
-        wp = (1.0 - self.pos_neg_balance) * wp / (wp.sum() + NORM_EPS)
-        wn = self.pos_neg_balance * wn / (wn.sum() + NORM_EPS)
-        return SoftPairs(pairs, wp, wn)
+        pairs = PairTuples.from_masks(same & upper, ~same & upper & (wneg > 0))
+        return PairTuples(pairs.a1, pairs.p, pairs.a2, pairs.n, wpos[pairs.a1, pairs.p], wneg[pairs.a2, pairs.n])
 
 
-def osm_pair_loss(desc: torch.Tensor, soft: SoftPairs, margin: float = 1.2) -> torch.Tensor:
-    """Weighted contrastive loss at soft-mined pairs: ``sum omega+ d^2 + sum omega- [margin - d]_+^2``.
+def soft_weights(pairs: PairTuples, attention: torch.Tensor | None, pos_neg_balance: float = 0.5,
+                 pair_attention: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """OSM x CAA pair weights normalised 50/50 (§3.2 point 5): ``(1 - lambda) w+ a / sum`` and
+    ``lambda w- a / sum``, with pair attention ``a = min(a_i, a_j)`` (or the product).
+
+    Shape: pairs (Kp,) + (Kn,), attention (N,) or None -> (Kp,), (Kn,) float32; OSM weights of 1
+    when the tuples carry none.
+    """
+    wp = pairs.w_pos if pairs.w_pos is not None else torch.ones(pairs.num_pos, device=pairs.a1.device)
+    wn = pairs.w_neg if pairs.w_neg is not None else torch.ones(pairs.num_neg, device=pairs.a2.device)
+    if attention is not None:
+        a = attention.detach().float()
+        comb = torch.minimum if pair_attention == "min" else torch.mul
+        wp = wp * comb(a[pairs.a1], a[pairs.p])
+        wn = wn * comb(a[pairs.a2], a[pairs.n])
+    wp = (1.0 - pos_neg_balance) * wp / (wp.sum() + NORM_EPS)
+    wn = pos_neg_balance * wn / (wn.sum() + NORM_EPS)
+    return wp, wn
+
+
+def osm_terms(desc: torch.Tensor, pairs: PairTuples, w_pos: torch.Tensor, w_neg: torch.Tensor,
+              margin: float = 1.2) -> PairTerms:
+    """Per-pair terms ``d^2`` (positives) and ``[margin - d]_+^2`` (negatives) with their weights."""
+    dp = unit_distance(pair_similarities(desc, None, pairs.a1, pairs.p))
+    dn = unit_distance(pair_similarities(desc, None, pairs.a2, pairs.n))
+    return PairTerms(dp * dp, torch.clamp(margin - dn, min=0.0) ** 2, pairs.a1, pairs.a2, desc.shape[0], w_pos, w_neg)
+
+
+def osm_pair_loss(desc: torch.Tensor, pairs: PairTuples, w_pos: torch.Tensor, w_neg: torch.Tensor,
+                  margin: float = 1.2) -> torch.Tensor:
+    """Weighted contrastive loss ``sum omega+ d^2 + sum omega- [margin - d]_+^2`` (the ``sum`` reducer).
 
     Shape: (N, D) unit descriptors with gradient -> scalar float32; an exact 0 without pairs.
     """
-    pairs = soft.pairs
     if len(pairs) == 0:
         return zero_loss(desc)
-    dp = unit_distance(pair_similarities(desc, None, pairs.a1, pairs.p))
-    dn = unit_distance(pair_similarities(desc, None, pairs.a2, pairs.n))
-    return (soft.w_pos * dp * dp).sum() + (soft.w_neg * torch.clamp(margin - dn, min=0.0) ** 2).sum()
+    return SumReducer()(osm_terms(desc, pairs, w_pos, w_neg, margin))
 
 
 @register_loss("osm_caa")
-class OSMCAALoss(nn.Module):
+class OSMCAALoss(Loss):
     """OSM + CAA weighted contrastive loss on all pairs of the batch (module docstring).
 
     Args:
@@ -161,7 +157,14 @@ class OSMCAALoss(nn.Module):
         num_classes, embedding_size: the classifier head's shape (``attention="classifier"``).
         classifier_weight: weight of the head's cross-entropy in the returned loss.
         classifier_joint: let the cross-entropy reach the descriptor network too.
+
+    Default miner ``osm`` (from ``margin``, ``sigma_osm``); default reducer ``sum`` (with the Caffe
+    scale when ``caffe_scale``). The head is a submodule (the trainer optimises it; checkpointed).
     """
+
+    default_miner: ClassVar[str] = "osm"
+    default_reducer: ClassVar[str] = "sum"
+    suffix_stats: ClassVar[bool] = False
 
     def __init__(self, margin: float = 1.2, sigma_osm: float = 0.8, sigma_caa: float = 0.68,
                  pos_neg_balance: float = 0.5, attention: str = "batch_centroid", pair_attention: str = "min",
@@ -172,7 +175,12 @@ class OSMCAALoss(nn.Module):
             raise ValueError(f"attention must be 'batch_centroid', 'classifier' or 'none', got {attention!r}")
         if attention == "classifier" and num_classes < 2:
             raise ValueError("attention='classifier' needs num_classes >= 2 (labels must lie in [0, num_classes))")
-        self.miner = OSMSoftMiner(margin, sigma_osm, pos_neg_balance, pair_attention)
+        if pair_attention not in ("min", "product"):
+            raise ValueError(f"pair_attention must be 'min' or 'product', got {pair_attention!r}")
+        if not 0.0 <= pos_neg_balance <= 1.0:
+            raise ValueError("pos_neg_balance must be in [0, 1]")
+        self.margin, self.sigma_osm = float(margin), float(sigma_osm)
+        self.pos_neg_balance, self.pair_attention = float(pos_neg_balance), pair_attention
         self.sigma_caa, self.attention, self.caffe_scale = float(sigma_caa), attention, bool(caffe_scale)
         self.classifier_weight, self.classifier_joint = float(classifier_weight), bool(classifier_joint)
         self.classifier = nn.Linear(embedding_size, num_classes) if attention == "classifier" else None
@@ -194,35 +202,31 @@ class OSMCAALoss(nn.Module):
             p = torch.softmax(logits.detach(), dim=1).gather(1, labels[:, None]).squeeze(1)
         return gaussian_attention(p, self.sigma_caa), ce
 
-    def compute(self, desc: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        """The loss of given descriptors.
+    def make_miner(self) -> OSMSoftMiner:
+        return OSMSoftMiner(self.margin, self.sigma_osm)
 
-        Args:
-            desc: (N, D) unit descriptors with gradient. labels: (N,) class ids.
+    def make_reducer(self) -> SumReducer:
+        return SumReducer(pair_scale=self.caffe_scale)
 
-        Returns:
-            :class:`StepOutput`: the float32 loss (OSM term plus the head's weighted
-            cross-entropy, if any) and statistics (``loss_osm``, ``pos_pairs``, ``neg_active``,
-            ``attention_mean``/``attention_min``, ``loss_cls``).
-        """
-        if desc.ndim != 2 or labels.shape != (desc.shape[0],):
-            raise ValueError(f"expected desc (N, D) and labels (N,), got {tuple(desc.shape)} and {tuple(labels.shape)}")
-        desc = desc.float()
+    def references(self, batch: Embedded) -> list[tuple[str, Reference | None, float]]:
+        return [("osm", None, 1.0)]  # the OSM term's value is logged as loss_osm
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: PairTuples, reference: Reference | None,
+                batch: Embedded | None = None) -> PairTerms:
+        """OSM terms of ``embeddings`` (N, D) with CAA-weighted normalised weights; the head's
+        weighted cross-entropy as ``extra``. Statistics ``pos_pairs``, ``neg_active``,
+        ``attention_mean``/``attention_min``, ``loss_cls``."""
+        if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
+            raise ValueError(f"expected desc (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}")
+        desc = embeddings.float()
         att, ce = self.class_attention(desc, labels)
-        soft = self.miner(desc, labels, att)
-        loss = osm_pair_loss(desc, soft, self.miner.margin)
-        n = desc.shape[0]
-        if self.caffe_scale and n > 1:
-            loss = loss / (n * (n - 1))  # 1 / (2 N_pair), N_pair = n (n - 1) / 2
-        stats = {"loss_osm": float(loss.detach()), "pos_pairs": float(soft.pairs.num_pos),
-                 "neg_active": float(soft.pairs.num_neg)}
+        wp, wn = soft_weights(tuples, att, self.pos_neg_balance, self.pair_attention)
+        stats = {"pos_pairs": float(tuples.num_pos), "neg_active": float(tuples.num_neg)}
         if att is not None and att.numel():
             stats.update(attention_mean=float(att.mean()), attention_min=float(att.min()))
+        extra = None
         if ce is not None:
-            loss = loss + self.classifier_weight * ce
+            extra = self.classifier_weight * ce
             stats["loss_cls"] = float(ce.detach())
-        return StepOutput(loss, stats)
-
-    def forward(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        """One training step: descriptors of ``x`` (B, 1, H, W), then :meth:`compute`."""
-        return self.compute(model(x).float(), labels)
+        t = osm_terms(desc, tuples, wp, wn, self.margin)
+        return PairTerms(t.pos, t.neg, t.pos_anchors, t.neg_anchors, t.num_anchors, t.w_pos, t.w_neg, stats, extra)

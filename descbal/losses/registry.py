@@ -1,9 +1,15 @@
-"""The registry of losses: ``@register_loss("name")`` on a class, ``build_loss(name, **params)``."""
+"""The registries of the loss pipeline: losses, miners and reducers (one decorator line each).
+
+``import descbal.losses`` imports every module that registers one, so all are known after it.
+"""
 
 from __future__ import annotations
 
 from descbal.registry import Registry
 
 LOSSES = Registry("loss", "name")
+MINERS = Registry("miner", "name")
+REDUCERS = Registry("reducer", "name")
 register_loss = LOSSES.register
-build_loss = LOSSES.build
+register_miner = MINERS.register
+register_reducer = REDUCERS.register

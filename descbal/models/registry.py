@@ -7,8 +7,15 @@ the input is ``uint8_patch * input_scale`` (e.g. 1/255 for networks trained on [
 
 from __future__ import annotations
 
+from torch import nn
+
 from descbal.registry import Registry
 
 MODELS = Registry("model", "arch")
 register_model = MODELS.register
 build_model = MODELS.build
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The eager module behind a ``torch.compile`` wrapper (functional calls need its names)."""
+    return getattr(model, "_orig_mod", model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from descbal.train.augment import AugmentConfig
 from descbal.train.optim import OptimConfig, ScheduleConfig
@@ -29,10 +29,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss name (``descbal.losses.registry.LOSSES``) and its arguments."""
+    """The loss pipeline: loss, miner and reducer names (``descbal.losses``) and their arguments."""
 
-    name: str = "triplet"
+    name: str = "triplet"  # a registered loss
     params: dict[str, Any] = field(default_factory=dict)
+    miner: str = ""  # a registered miner ("": the loss's default, built from its params)
+    miner_params: dict[str, Any] = field(default_factory=dict)
+    reducer: str = ""  # a registered reducer ("": the loss's default)
+    reducer_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,14 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
-class AnnealConfig:
-    """Self-TNet stage 2 (self-tnet.md §4): run after the main stage when enabled."""
+class CyclesConfig:
+    """Self-TNet's annealing cycles (self-tnet.md §4.1): a phase with ``cycles`` runs as K phases.
 
-    enabled: bool = False
+    Cycle k: ``start_batch - step (k + 1)`` classes, the loss's ``threshold`` parameter
+    ``threshold + threshold_step k``, learning rate ``lr lr_factor^k`` (the phase schedule's
+    ``lr_max``; beta1 = ``optim.betas[0]``), ``iters`` iterations, one epoch, a fresh optimiser.
+    """
+
     start_batch: int = 2944
     min_batch: int = 1024
     step: int = 128
@@ -65,11 +73,25 @@ class AnnealConfig:
     lr: float = 1.5e-6
     lr_factor: float = 0.75
     iters: int = 1400  # per cycle
-    npos: int = 2  # pairs, as the authors' stage-2 command runs
-    B: float = 4.25  # fixed boundary
-    R: float = 1.0
-    pct_start: float = 0.6  # flat part of each cycle's flat-then-cosine schedule
-    div_final: float = 1e5
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One stretch of training in ``[phases.NAME]``; unset values come from the run's tables.
+
+    ``loss`` / ``schedule`` default to the run's ``[loss]`` / ``[schedule]``; ``epochs``,
+    ``iters_per_epoch``, ``classes_per_batch``, ``npos`` to ``[loop]``'s. A phase with 0 epochs
+    or ``enabled = false`` is skipped. Each phase starts with a fresh optimiser.
+    """
+
+    enabled: bool = True
+    loss: LossConfig | None = None
+    schedule: ScheduleConfig | None = None
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    classes_per_batch: int | None = None
+    npos: int | None = None
+    cycles: CyclesConfig | None = None  # expand into annealing cycles
 
 
 @dataclass(frozen=True)
@@ -83,4 +105,10 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    anneal: AnnealConfig = field(default_factory=AnnealConfig)
+    # the phases in order; none: one phase "main" of the run's [loss], [schedule] and [loop] shape
+    phases: dict[str, PhaseConfig] = field(default_factory=dict)
+
+    _moved_keys: ClassVar[dict[str, str]] = {
+        "anneal": "the [anneal] table became a phase: [phases.anneal] with cycles = {...} (see 'descbal train "
+                  "--show-recipe self-tnet'); e.g. --set phases.anneal.enabled=false, --set phases.anneal.cycles.iters=N",
+    }

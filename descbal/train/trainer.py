@@ -4,8 +4,10 @@ A run folder holds ``config.toml`` (the resolved configuration), ``environment.j
 (versions, git commit, device), ``metrics.jsonl`` (one JSON object per logged step and per
 validation), ``checkpoints/last.pt`` (+ one per epoch) and, at the end, ``model.pt``.
 
-A run is a list of *phases* run in order, each with its own loss, batch shape, length, schedule
-and a fresh optimiser: the main stage, then (``anneal.enabled``) one phase per annealing cycle.
+A run is a list of *phases* run in order (``descbal.train.phases``: the recipe's
+``[phases.NAME]`` tables, annealing cycles expanded), each with its own loss pipeline, batch
+shape, length, schedule and a fresh optimiser. Each step embeds the batch and scores it with
+the phase's pipeline (``descbal.train.step.loss_step``).
 
 Determinism: batch ``i`` of epoch ``e`` of phase ``p`` and its augmentation are pure functions
 of ``(seed, p, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
@@ -31,23 +33,20 @@ import torch
 from torch import nn
 
 import descbal
-import descbal.losses.seeds  # noqa: F401  (registers ddtas, memory_contrastive, osm_caa)
-import descbal.losses.triplet  # noqa: F401  (registers the baseline loss)
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import PatchSet, load_patchset
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
-from descbal.losses.balance import AnnealLoss
-from descbal.losses.registry import build_loss
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, read_checkpoint
-from descbal.train.anneal import annealing_schedule
 from descbal.train.augment import network_input, sample_params
 from descbal.train.config import RunConfig
-from descbal.train.optim import ScheduleConfig, make_optimizer, schedule_at, set_lr_beta1
+from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
+from descbal.train.phases import Phase, build_phases
 from descbal.train.sampler import ClassBatchSampler
+from descbal.train.step import loss_step
 
 #: ``progress(step, total_steps, info)`` is called after every step.
 TrainProgress = Callable[[int, int, dict[str, float]], None]
@@ -71,45 +70,6 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63)
-
-
-@dataclass
-class Phase:
-    """A stretch of training with one loss, batch shape, schedule and optimiser."""
-
-    name: str
-    loss: Any
-    classes_per_batch: int
-    npos: int
-    epochs: int
-    iters_per_epoch: int
-    schedule: ScheduleConfig
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.iters_per_epoch
-
-
-def build_phases(cfg: RunConfig) -> list[Phase]:
-    """The main stage (if ``loop.epochs`` > 0) followed by the annealing cycles (if enabled)."""
-    try:
-        phases = []
-        if cfg.loop.epochs > 0:
-            phases.append(Phase("main", build_loss(cfg.loss.name, **cfg.loss.params), cfg.loop.classes_per_batch,
-                                cfg.loop.npos, cfg.loop.epochs, cfg.loop.iters_per_epoch, cfg.schedule))
-        a = cfg.anneal
-        if a.enabled:
-            for c in annealing_schedule(a.start_batch, a.min_batch, a.step, a.threshold, a.threshold_step, a.lr,
-                                        a.lr_factor, a.iters):
-                sched = ScheduleConfig(kind="flat_cos", lr_max=c.lr, pct_start=a.pct_start, div_final=a.div_final,
-                                       beta1=cfg.optim.betas[0])
-                phases.append(Phase(f"anneal{c.index:02d}", AnnealLoss(c.threshold, a.B, a.R), c.batch_size, a.npos,
-                                    1, c.iters, sched))
-    except (ValueError, TypeError) as e:
-        raise BadInputError(f"config: {e}") from None
-    if not phases:
-        raise BadInputError("config: nothing to train (loop.epochs = 0 and annealing disabled)")
-    return phases
 
 
 class Trainer:
@@ -136,7 +96,7 @@ class Trainer:
             raise BadInputError(f"config: {e}") from None
         if cfg.model.init:
             self._init_from(cfg.model.init)
-        self.phases = build_phases(cfg)
+        self.phases: list[Phase] = build_phases(cfg)
         if self.device.type == "cuda" and cfg.loop.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model: nn.Module = torch.compile(self.model) if cfg.loop.compile else self.model
@@ -165,9 +125,8 @@ class Trainer:
                                              self.cfg.loop.seed + 1_000_003 * self.phase, usable)
         except ValueError as e:
             raise BadInputError(f"phase {ph.name}: {e}") from None
-        if isinstance(ph.loss, nn.Module):
-            ph.loss.to(self.device)
-        extra = [p for p in ph.loss.parameters() if p.requires_grad] if isinstance(ph.loss, nn.Module) else []
+        ph.pipeline.to(self.device)
+        extra = [p for p in ph.pipeline.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.model, self.cfg.optim, ph.schedule.lr_max, extra=extra)
 
     # ------------------------------------------------------------------ persistence
@@ -194,9 +153,9 @@ class Trainer:
         }
 
     def _loss_state(self) -> dict[str, Any]:
-        """State of stateful losses (e.g. a memory bank), keyed by phase index."""
-        return {str(i): {k: v.detach().cpu() for k, v in p.loss.state_dict().items()}
-                for i, p in enumerate(self.phases) if isinstance(p.loss, nn.Module)}
+        """State of the phases' loss pipelines (a memory bank, a threshold, a head), keyed by phase index."""
+        return {str(i): {k: v.detach().cpu() for k, v in p.pipeline.state_dict().items()}
+                for i, p in enumerate(self.phases) if p.pipeline.state_dict()}
 
     def save(self, name: str = "last.pt") -> Path:
         """Write the training state (model, optimiser, position) atomically."""
@@ -213,9 +172,7 @@ class Trainer:
         self.model.load_state_dict(doc["state_dict"])
         self.phase, self.epoch, self.iteration = int(doc.get("phase", 0)), int(doc["epoch"]), int(doc["iteration"])
         for key, state in dict(doc.get("loss_state", {})).items():
-            loss = self.phases[int(key)].loss
-            if isinstance(loss, nn.Module):
-                loss.load_state_dict(state)
+            self.phases[int(key)].pipeline.load_state_dict(state)
         if self.phase < len(self.phases):
             self._enter_phase()
             self.optimizer.load_state_dict(doc["optimizer"])
@@ -252,7 +209,7 @@ class Trainer:
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.device.type == "cuda" and self.cfg.loop.bf16 else nullcontext())
         with amp:
-            out = ph.loss(self.step_model, x, labels)
+            out = loss_step(self.step_model, ph.pipeline, x, labels)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()

@@ -1,7 +1,7 @@
-"""Hardest-in-batch mining per class (self-tnet.md §2.2), shared by every loss.
+"""Hardest-in-batch mining per class (self-tnet.md §2.2), the default miner of the triplet-like losses.
 
-With unit descriptors x and the no-gradient distance matrix
-``D_jk = sqrt(|2 - 2 x_j . x_k| + 1e-6)``:
+With unit descriptors x and the no-gradient distance matrix ``D = unit_distance(x x^T)``
+(``descbal.losses.distances``):
 
 * every patch's hardest positive ``p(j) = argmax_{k: y_k = y_j} D_jk`` (k = j included);
 * its hardest negative ``n(j) = argmin_{k: y_k != y_j, D_jk > 0.008} D_jk`` (near-duplicates
@@ -13,40 +13,30 @@ With unit descriptors x and the no-gradient distance matrix
 The loss then recomputes ``a_c = ||x_{i+} - x_{p(i+)}||`` and ``b_c = ||x_{i-} - x_{n(i-)}||``
 with gradient. With two patches per class, ``b_c`` is HardNet's "hardest in both directions"
 negative over all other patches of the batch.
+
+A miner is called as ``miner(embeddings, labels, reference, batch)`` under ``no_grad`` and
+returns :class:`~descbal.losses.tuples.ClassTuples` or
+:class:`~descbal.losses.tuples.PairTuples`; ``reference`` is None (mine the batch) or a
+:class:`~descbal.losses.tuples.Reference`; ``batch`` is the whole
+:class:`~descbal.losses.pipeline.Embedded` batch for miners that need more (most ignore it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
+
+from descbal.losses.distances import distance_matrix
+from descbal.losses.registry import register_miner
+from descbal.losses.tuples import ClassTuples, Reference, Tuples
 
 NEAR_DUPLICATE = 0.008
 
 
-@dataclass(frozen=True)
-class ClassTuples:
-    """Per-class mined indices into the batch, each (C,) int64.
-
-    ``pos_a``/``pos_b``: the hardest positive pair; ``neg_a``/``neg_b``: the hardest negative
-    pair. ``valid`` (C,) bool: False where the class has no usable negative.
-    """
-
-    pos_a: torch.Tensor
-    pos_b: torch.Tensor
-    neg_a: torch.Tensor
-    neg_b: torch.Tensor
-    valid: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.pos_a.shape[0])
-
-
-def distance_matrix(x: torch.Tensor) -> torch.Tensor:
-    """``sqrt(|2 - 2 x x^T| + 1e-6)`` in float32 for unit rows. Shape: (N, D) -> (N, N)."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.float()
-        return torch.sqrt((2.0 - 2.0 * (x @ x.T)).abs() + 1e-6)
+class Miner(Protocol):
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, reference: Reference | None = None,
+                 batch: Any = None) -> Tuples: ...
 
 
 @torch.no_grad()
@@ -69,14 +59,14 @@ def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: flo
     nmin, nidx = dneg.min(dim=1)
     classes, cls_of = torch.unique(labels, return_inverse=True)
     c = classes.shape[0]
-    ip = _arg_per_class(pmax, cls_of, c, largest=True)
-    ineg = _arg_per_class(nmin, cls_of, c, largest=False)
+    ip = arg_per_class(pmax, cls_of, c, largest=True)
+    ineg = arg_per_class(nmin, cls_of, c, largest=False)
     valid = nmin[ineg] < big
     return ClassTuples(ip, pidx[ip], ineg, nidx[ineg], valid)
 
 
-def _arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool) -> torch.Tensor:
-    """Per class, the lowest index whose value is the class maximum (or minimum). Shape: (C,)."""
+def arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool) -> torch.Tensor:
+    """Per class, the lowest index whose value is the class maximum (or minimum). Shape: (N,) -> (C,)."""
     n = v.shape[0]
     fill = -float("inf") if largest else float("inf")
     best = torch.full((c,), fill, dtype=v.dtype, device=v.device).scatter_reduce(
@@ -86,8 +76,19 @@ def _arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool)
     return torch.full((c,), n, dtype=torch.long, device=v.device).scatter_reduce(0, cls_of, cand, reduce="amin")
 
 
-def pair_distances(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Plain L2 distances ``||x_a - x_b||`` with gradient, in float32. Shape: (C,)."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        # vector_norm's gradient is 0 (not NaN) at a zero difference, e.g. a lone patch taken twice
-        return torch.linalg.vector_norm(x[a].float() - x[b].float(), dim=1)
+@register_miner("hardest")
+class HardestPerClassMiner:
+    """:func:`hardest_per_class` as a registered miner (batch only).
+
+    Args:
+        near_duplicate: negatives closer than this are skipped (0.008).
+    """
+
+    def __init__(self, near_duplicate: float = NEAR_DUPLICATE) -> None:
+        self.near_duplicate = float(near_duplicate)
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, reference: Reference | None = None,
+                 batch: Any = None) -> ClassTuples:
+        if reference is not None:
+            raise ValueError("the 'hardest' miner mines the batch only (no reference set)")
+        return hardest_per_class(embeddings, labels, self.near_duplicate)

@@ -1,0 +1,160 @@
+"""The loss pipeline: embeddings in, a scalar loss out, through miner -> tuples -> loss -> reducer.
+
+The trainer runs the network (``descbal.train.step.loss_step``): the student's train-mode
+embeddings, a teacher pass when the pipeline has a teacher, and it hands the result to the
+pipeline as an :class:`Embedded` batch. For each reference set the loss asks for (by default
+only the batch itself; a memory bank adds its contents) the pipeline runs
+
+    tuples = miner(embeddings, labels, reference, batch)       # no_grad: indices (+ weights)
+    terms  = loss(embeddings, labels, tuples, reference, batch)  # per-element values, weights
+    value  = reducer(terms)                                    # the scalar
+
+and sums the values with the loss's weights. Stateful parts (a memory bank, DDTAS's
+threshold, an OSM classifier head) are submodules of the loss, so ``pipeline.state_dict()``
+carries them into checkpoints; the teacher is the pipeline's.
+
+A new loss is one class with ``@register_loss("name")`` deriving from :class:`Loss`; a new
+miner or reducer one class with ``@register_miner`` / ``@register_reducer``. Config:
+``loss.name``, ``loss.miner`` (default: the loss's own), ``loss.reducer``, and their params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from descbal.losses.distances import zero_loss
+from descbal.losses.miners import Miner
+from descbal.losses.reducers import Reducer, Terms
+from descbal.losses.registry import LOSSES, MINERS, REDUCERS
+from descbal.losses.teachers import Teacher, build_teacher
+from descbal.losses.tuples import ClassTuples, PairTuples, Reference, Tuples
+
+
+@dataclass
+class Embedded:
+    """One embedded training batch, as the trainer hands it to the pipeline.
+
+    ``embeddings`` (N, D) float32 with gradient (train mode); ``labels`` (N,);
+    ``teacher`` (N, D) no-gradient teacher embeddings when the pipeline has a teacher;
+    ``model`` and ``inputs`` (N, 1, H, W): for parts that run the network again (DDTAS's virtual
+    step, a momentum encoder); ``held``: inputs (M, 1, H, W) and labels (M,) held out of the
+    embeddings for a meta step (:meth:`Loss.split`); ``reference``: embeddings from elsewhere
+    (other ranks) offered to the loss.
+    """
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    teacher: torch.Tensor | None = None
+    model: nn.Module | None = None
+    inputs: torch.Tensor | None = None
+    held: tuple[torch.Tensor, torch.Tensor] | None = None
+    reference: Reference | None = None
+    ids: torch.Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """What the pipeline returns for one batch: the scalar loss and float statistics."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Loss(nn.Module):
+    """Base of the registered losses: per-element values and weights of mined tuples.
+
+    Class attributes: ``tuples`` (the tuple kinds it consumes: ``ClassTuples`` for the
+    triplet-like losses; ``PairTuples`` for pair losses, which also take class tuples as pairs),
+    ``default_miner`` and ``default_reducer`` (registered names). Hooks with defaults:
+    :meth:`references`, :meth:`split`, :meth:`teacher_spec`, :meth:`make_reducer`.
+    """
+
+    tuples: ClassVar[type] = PairTuples
+    default_miner: ClassVar[str] = "hardest"
+    default_reducer: ClassVar[str] = "mean"
+    suffix_stats: ClassVar[bool] = True  # name each term's statistics after its reference
+    name: ClassVar[str]
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: Tuples, reference: Reference | None,
+                batch: Embedded) -> Terms:
+        raise NotImplementedError
+
+    def references(self, batch: Embedded) -> list[tuple[str, Reference | None, float]]:
+        """``(name, reference, weight)`` of each term: by default the batch alone, weight 1."""
+        return [("", None, 1.0)]
+
+    def split(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """Rows to embed (None: all) and rows to hold out for a meta step, or None."""
+        return None
+
+    def teacher_spec(self) -> str | None:
+        """The teacher this loss needs: ``"self"``, a model path, or None."""
+        return None
+
+    def make_miner(self) -> Miner:
+        """The miner used when the config names none (built from the loss's own parameters)."""
+        return MINERS.build(self.default_miner)
+
+    def step_stats(self) -> dict[str, float]:
+        """Statistics of the loss's own state after a step (e.g. a memory's fill)."""
+        return {}
+
+    def make_reducer(self) -> Reducer:
+        """The reducer used when the config names none (built from the loss's own parameters)."""
+        return REDUCERS.build(self.default_reducer)
+
+    def accept(self, tuples: Tuples) -> Tuples:
+        """The tuples in the kind this loss consumes (class tuples become pairs for pair losses)."""
+        if isinstance(tuples, self.tuples):
+            return tuples
+        if self.tuples is PairTuples and isinstance(tuples, ClassTuples):
+            return tuples.as_pairs()
+        raise ValueError(f"loss {self.name!r} needs {self.tuples.__name__}, the miner gave {type(tuples).__name__}")
+
+
+class LossPipeline(nn.Module):
+    """Miner, loss, reducer and teacher of one training phase (see the module docstring)."""
+
+    def __init__(self, loss: Loss, miner: Miner | None = None, reducer: Reducer | None = None) -> None:
+        super().__init__()
+        self.loss = loss
+        self.miner: Miner = miner if miner is not None else loss.make_miner()
+        self.reducer: Reducer = reducer if reducer is not None else loss.make_reducer()
+        spec = loss.teacher_spec()
+        self.teacher: Teacher | None = None if spec is None else build_teacher(spec)
+
+    def split(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        return self.loss.split(labels)
+
+    def forward(self, batch: Embedded) -> StepOutput:
+        emb, labels = batch.embeddings, batch.labels
+        total = zero_loss(emb)
+        stats: dict[str, float] = {}
+        for name, ref, weight in self.loss.references(batch):
+            with torch.no_grad():
+                tuples = self.loss.accept(self.miner(emb, labels, ref, batch))
+            terms = self.loss(emb, labels, tuples, ref, batch)
+            value = self.reducer(terms)
+            total = total + (value if weight == 1.0 else weight * value)
+            if name:
+                stats[f"loss_{name}"] = float(value.detach())
+            suffix = f"_{name}" if name and self.loss.suffix_stats else ""
+            stats.update({f"{k}{suffix}": v for k, v in {**tuples.stats, **terms.stats}.items()})
+            if terms.extra is not None:
+                total = total + terms.extra
+        stats.update(self.loss.step_stats())
+        return StepOutput(total, stats)
+
+
+def build_pipeline(name: str, params: dict[str, Any] | None = None, miner: str = "", miner_params: dict[str, Any] | None = None,
+                   reducer: str = "", reducer_params: dict[str, Any] | None = None) -> LossPipeline:
+    """The pipeline of a configured loss: ``LOSSES[name](**params)`` with its default miner and
+    reducer unless named. ValueError/TypeError on unknown names or parameters."""
+    loss = LOSSES.build(name, **(params or {}))
+    m = MINERS.build(miner or loss.default_miner, **(miner_params or {})) if (miner or miner_params) else None
+    r = REDUCERS.build(reducer, **(reducer_params or {})) if reducer else None
+    return LossPipeline(loss, m, r)

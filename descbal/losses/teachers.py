@@ -1,0 +1,61 @@
+"""Teachers: a no-gradient second view of the batch that a loss weighs its tuples with.
+
+``"self"`` is Self-TNet's (self-tnet.md §3.1): the student network itself in eval mode
+(BatchNorm running statistics, no dropout); a path is a frozen external model
+(``descbal.models.load``). The trainer calls ``teacher(model, x)`` before the student pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Teacher(nn.Module):
+    """``teacher(model, x) -> (N, D)`` float32 embeddings without gradient."""
+
+    def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.embed(model, x).float()
+
+
+class SelfTeacher(Teacher):
+    """The student in eval mode (its train/eval state is restored)."""
+
+    def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return model(x)
+        finally:
+            model.train(was_training)
+
+
+class FrozenTeacher(Teacher):
+    """A fixed model loaded from ``path`` (not part of checkpoints: the path is in the config)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        from descbal.models import load
+
+        if not Path(path).exists():
+            raise ValueError(f"teacher must be 'self', 'none' or a model path; {path!r} does not exist")
+        net = load(path).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_net", net)  # kept out of state_dict and parameters()
+
+    def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        net = self._net.to(x.device)
+        object.__setattr__(self, "_net", net)
+        return net(x)
+
+
+def build_teacher(spec: str) -> Teacher:
+    """``"self"`` or a model path."""
+    return SelfTeacher() if spec == "self" else FrozenTeacher(spec)
