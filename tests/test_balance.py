@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loss_fixtures import objective, per_class
+
 from descbal.losses.balance import (
     AnnealLoss,
     BalanceLoss,
@@ -17,7 +19,8 @@ from descbal.losses.balance import (
     lower_median,
     teacher_weight,
 )
-from descbal.losses.mining import hardest_per_class
+from descbal.losses.miners import hardest_per_class
+from descbal.losses.teachers import SelfTeacher
 from descbal.models import build_model
 from descbal.train.anneal import annealing_schedule
 
@@ -163,8 +166,7 @@ def test_self_teacher_is_eval_mode_and_differs_from_student() -> None:
     model.train()
     with torch.no_grad():
         model(x)  # move BatchNorm's running statistics away from their initial values
-    loss = BalanceLoss()
-    teacher = loss.teacher_descriptors(model, x)
+    teacher = SelfTeacher()(model, x)
     assert model.training
     model.eval()
     with torch.no_grad():
@@ -179,9 +181,9 @@ def test_ablation_switches() -> None:
     labels = torch.tensor([i // 2 for i in range(10)])
     x = F.normalize(torch.randn(10, 5, generator=g), dim=1)
     model = torch.nn.Identity()
-    no_teacher = BalanceLoss(teacher="none")(model, x, labels)
+    no_teacher = objective(BalanceLoss(teacher="none"), model, x, labels)
     assert no_teacher.stats["weight_mean"] == 1.0
-    fixed = BalanceLoss(teacher="none", boundary=3.7)(model, x, labels)
+    fixed = objective(BalanceLoss(teacher="none", boundary=3.7), model, x, labels)
     assert fixed.stats["B"] == pytest.approx(3.7)
     with pytest.raises(ValueError):
         BalanceLoss(teacher="/no/such/model.pt")
@@ -191,11 +193,11 @@ def test_anneal_loss_hard_weight_and_empty() -> None:
     g = torch.Generator().manual_seed(4)
     labels = torch.tensor([i // 2 for i in range(12)])
     x = F.normalize(torch.randn(12, 4, generator=g), dim=1)
-    per, stats = AnnealLoss(threshold=-10.0).per_class(x, labels)
+    per, stats = per_class(AnnealLoss(threshold=-10.0), x, labels)
     assert stats["kept"] == 1.0
-    per, stats = AnnealLoss(threshold=10.0).per_class(x, labels)
+    per, stats = per_class(AnnealLoss(threshold=10.0), x, labels)
     assert stats["kept"] == 0.0 and torch.all(per == 0)
-    out = AnnealLoss(threshold=10.0)(torch.nn.Identity(), x.requires_grad_(), labels)
+    out = objective(AnnealLoss(threshold=10.0), torch.nn.Identity(), x.requires_grad_(), labels)
     assert float(out.loss.detach()) == 0.0 and not torch.isnan(out.loss.detach())
 
 

@@ -286,5 +286,5 @@ def test_show_recipe_prints_copyable_toml(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--show-recipe", "self-tnet"])
     assert res.exit_code == 0
     doc = tomllib.loads(res.stdout)
-    assert doc["loss"]["name"] == "balance" and doc["anneal"]["enabled"] is True
+    assert doc["loss"]["name"] == "balance" and doc["phases"]["anneal"]["cycles"]["iters"] == 1400
     assert runner.invoke(app, ["train", "--show-recipe", "nope"]).exit_code == 2

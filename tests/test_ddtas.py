@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import descbal.losses  # noqa: F401  (registers every loss)
+from loss_fixtures import embedded, mine, objective
 from descbal.losses.ddtas import (
     AsymmetricPairMiner,
     DDTASLoss,
@@ -19,8 +20,9 @@ from descbal.losses.ddtas import (
     normalise_meta_weights,
     virtual_step_loss,
 )
-from descbal.losses.pairs import PairTuples, class_split
-from descbal.losses.registry import build_loss
+from descbal.losses.grouping import class_split
+from descbal.losses.tuples import PairTuples
+from descbal.losses.registry import LOSSES
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 4]  # class 4 has no positive
 
@@ -95,7 +97,7 @@ def test_adaptive_rule_table() -> None:
 def test_miner_equals_brute_force(seed: int, adaptive: bool, ratio: str) -> None:
     x = _unit(len(LABELS), 4, seed)
     labels = torch.tensor(LABELS)
-    pairs, stats = AsymmetricPairMiner(0.1, 0.01, adaptive, ratio).mine(x, labels)
+    pairs, stats = mine(AsymmetricPairMiner(0.1, 0.01, adaptive, ratio), x, labels)
     ref_pos, ref_neg, t = _ref_mine(x, LABELS, 0.1, 0.01, adaptive, ratio)
     assert set(zip(pairs.a1.tolist(), pairs.p.tolist(), strict=True)) == ref_pos
     assert set(zip(pairs.a2.tolist(), pairs.n.tolist(), strict=True)) == ref_neg
@@ -129,8 +131,8 @@ def test_normalised_ratio_avoids_saturation() -> None:
     labels = torch.arange(150).repeat_interleave(2)
     centres = F.normalize(torch.randn(150, 16, generator=g), dim=1).repeat_interleave(2, 0)
     x = F.normalize(centres + 0.5 * torch.randn(300, 16, generator=g), dim=1)
-    code = AsymmetricPairMiner(adaptive=True).mine(x, labels)[1]
-    norm = AsymmetricPairMiner(adaptive=True, ratio="normalised").mine(x, labels)[1]
+    code = mine(AsymmetricPairMiner(adaptive=True), x, labels)[1]
+    norm = mine(AsymmetricPairMiner(adaptive=True, ratio="normalised"), x, labels)[1]
     assert code["ratio"] > 4 and code["t"] > 0.49  # N_sel_neg / N_all_pos >> 1 with many classes
     assert norm["ratio"] < code["ratio"] / 10
 
@@ -154,7 +156,7 @@ def _ref_softcon(x: torch.Tensor, pos: list, neg: list, wp: list, wn: list, n: i
 @pytest.mark.parametrize("reduction", ["all_anchors", "active_anchors"])
 def test_softcon_equals_brute_force(seed: int, reduction: str) -> None:
     x = _unit(len(LABELS), 4, seed)
-    pairs = AsymmetricPairMiner(adaptive=True).mine(x, torch.tensor(LABELS))[0]
+    pairs = mine(AsymmetricPairMiner(adaptive=True), x, torch.tensor(LABELS))[0]
     g = torch.Generator().manual_seed(seed + 10)
     wp, wn = torch.rand(pairs.num_pos, generator=g), torch.rand(pairs.num_neg, generator=g)
     loss = SoftContrastiveLoss(40.0, 2.0, 0.5, reduction)
@@ -182,12 +184,12 @@ def test_multi_similarity_equals_brute_force() -> None:
 def test_exact_zero_when_nothing_mined() -> None:
     x = _unit(6, 4, 0).requires_grad_()
     labels = torch.arange(6)  # no positive anywhere
-    out = DDTASLoss(meta="none").compute(x, labels)
+    out = embedded(DDTASLoss(meta="none"), x, labels)
     assert float(out.loss.detach()) == 0.0 and out.stats["mined_pos"] == 0
     out.loss.backward()
     assert x.grad is not None and torch.all(x.grad == 0)
     model = Lin()
-    full = DDTASLoss()(model, torch.randn(6, 10), labels)  # meta step on: still an exact 0
+    full = objective(DDTASLoss(), model, torch.randn(6, 10), labels)  # meta step on: still an exact 0
     assert float(full.loss.detach()) == 0.0 and not torch.isnan(full.loss.detach())
     full.loss.backward()
 
@@ -201,7 +203,7 @@ def test_virtual_step_meta_gradient_equals_closed_form() -> None:
     yv = torch.tensor([5, 5, 6, 6, 7, 7])
     loss = SoftContrastiveLoss(alpha=4.0, beta=2.0, base=0.3)  # a small alpha keeps both sides comparable
     with torch.no_grad():
-        pairs = AsymmetricPairMiner(adaptive=True).mine(model(x), labels)[0]
+        pairs = mine(AsymmetricPairMiner(adaptive=True), model(x), labels)[0]
     kp, eta = pairs.num_pos, 0.05
     w = torch.zeros(len(pairs), requires_grad=True)
     lv = virtual_step_loss(model, x, lambda f: loss(f, pairs, w[:kp], w[kp:]), xv,
@@ -248,11 +250,12 @@ def test_both_parts_active_in_one_training_step() -> None:
     g = torch.Generator().manual_seed(4)
     labels = torch.arange(8).repeat_interleave(3)
     x = torch.randn(24, 10, generator=g)
-    loss = build_loss("ddtas")
-    assert loss.miner.adaptive and loss.meta == "pair_weight"
+    loss = LOSSES.build("ddtas")
+    miner = loss.make_miner()
+    assert miner.adaptive and loss.meta == "pair_weight"
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.lin.weight.detach().clone()
-    out = loss(model, x, labels)
+    out = objective(loss, model, x, labels)
     opt.zero_grad()
     out.loss.backward()
     opt.step()
@@ -265,11 +268,11 @@ def test_both_parts_active_in_one_training_step() -> None:
     keep, held = class_split(labels, 0.25)
     assert len(held) == 6 and len(keep) == 18
     desc = model(x[keep])
-    pairs, _ = loss.miner.mine(desc, labels[keep])
-    ws = meta_pair_weights(model, x[keep], pairs, x[held], labels[held], loss.loss)
+    pairs = miner(desc, labels[keep])
+    ws = meta_pair_weights(model, x[keep], pairs, x[held], labels[held], loss.softcon)
     assert ws is not None
-    assert float(loss.loss(desc, pairs, *ws).detach()) == pytest.approx(float(out.loss.detach()), rel=1e-5)
-    assert float(loss.loss(desc, pairs).detach()) != pytest.approx(float(out.loss.detach()), rel=1e-3)  # weights matter
+    assert float(loss.softcon(desc, pairs, *ws).detach()) == pytest.approx(float(out.loss.detach()), rel=1e-5)
+    assert float(loss.softcon(desc, pairs).detach()) != pytest.approx(float(out.loss.detach()), rel=1e-3)  # weights matter
 
 
 def test_explicit_validation_batch_and_no_holdout() -> None:
@@ -277,12 +280,13 @@ def test_explicit_validation_batch_and_no_holdout() -> None:
     g = torch.Generator().manual_seed(6)
     labels = torch.arange(6).repeat_interleave(2)
     x = torch.randn(12, 10, generator=g)
-    out = DDTASLoss()(model, x, labels, val_x=torch.randn(6, 10, generator=g), val_labels=torch.tensor([0, 0, 1, 1, 2, 2]))
+    held = (torch.randn(6, 10, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]))  # a separate validation batch
+    out = embedded(DDTASLoss(), model(x), labels, model=model, inputs=x, held=held)
     assert out.stats["meta_active"] == 1.0
     assert out.stats["mined_pos"] + out.stats["mined_neg"] > 0
-    overlap = DDTASLoss(meta_val_holdout=False)(model, x, labels)
+    overlap = objective(DDTASLoss(meta_val_holdout=False), model, x, labels)
     assert overlap.stats["meta_active"] == 1.0
-    tiny = DDTASLoss()(model, x[:6], labels[:6])  # 3 classes: too few to split, no meta step
+    tiny = objective(DDTASLoss(), model, x[:6], labels[:6])  # 3 classes: too few to split, no meta step
     assert tiny.stats["meta_active"] == 0.0
 
 
@@ -292,7 +296,7 @@ def test_threshold_mode_is_a_checkpointed_buffer() -> None:
     labels = torch.arange(8).repeat_interleave(2)
     x = torch.randn(16, 10, generator=g)
     loss = DDTASLoss(meta="threshold", meta_lr=10.0, meta_inner_lr=0.5)
-    out = loss(model, x, labels)
+    out = objective(loss, model, x, labels)
     assert out.stats["meta_active"] == 1.0 and out.stats["base_grad"] != 0.0
     assert float(loss.meta_base) != 0.7 and 0.0 <= float(loss.meta_base) <= 0.999
     fresh = DDTASLoss(meta="threshold")
@@ -307,7 +311,7 @@ def test_bf16_autocast_gives_float32() -> None:
     for meta in ("pair_weight", "threshold", "none"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert model(x).dtype == torch.bfloat16
-            out = DDTASLoss(meta=meta)(model, x, labels)
+            out = objective(DDTASLoss(meta=meta), model, x, labels)
         assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
         out.loss.backward()
         assert torch.isfinite(model.lin.weight.grad).all()

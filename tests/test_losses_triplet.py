@@ -11,9 +11,14 @@ import torch
 from torch import nn
 from train_fixtures import one_torch_thread  # noqa: F401
 
-from descbal.losses.mining import NEAR_DUPLICATE, distance_matrix, hardest_per_class, pair_distances
-from descbal.losses.registry import LOSSES, build_loss
-from descbal.losses.triplet import TripletMargin, mean_reduce
+from loss_fixtures import objective, per_class
+
+from descbal.losses.distances import distance_matrix, pair_distances
+from descbal.losses.miners import NEAR_DUPLICATE, hardest_per_class
+from descbal.losses.reducers import mean_reduce
+from descbal.losses.registry import LOSSES
+from descbal.losses.triplet import TripletMargin
+from descbal.registry import Registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,11 +44,11 @@ def tuples(x: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
 def test_distance_matrix_formula() -> None:
     x = on_circle(0.0, 0.5, 2.0)
     d = distance_matrix(x)
-    want = torch.sqrt((2 - 2 * x.double() @ x.double().T).abs() + 1e-6)
+    want = torch.sqrt(torch.clamp(2 - 2 * x.double() @ x.double().T, min=1e-6))
     off = ~torch.eye(3, dtype=torch.bool)
     torch.testing.assert_close(d.double()[off], want[off], atol=1e-6, rtol=0)
     assert d.dtype == torch.float32
-    # self: ~0.001 (sqrt(1e-6) plus the float32 rounding of |x|^2)
+    # self: the floor, sqrt(1e-6) = 0.001 (float32 rounding of |x|^2 stays below it)
     torch.testing.assert_close(torch.diagonal(d), torch.full((3,), 1e-3), atol=3e-4, rtol=0)
     # between unit vectors at angle t the distance is the chord 2 sin(t / 2)
     assert d[0, 2].item() == pytest.approx(2 * math.sin(1.0), abs=1e-5)
@@ -184,7 +189,7 @@ def test_loss_equals_brute_force(seed: int) -> None:
     xt = torch.from_numpy(x).float()
     margin = 1.0 if seed < 3 else 0.4
     loss = TripletMargin(margin)
-    per, stats = loss.per_class(xt, torch.from_numpy(labels))
+    per, stats = per_class(loss, xt, torch.from_numpy(labels))
     want, pos, neg = brute_force(xt.double().numpy(), labels, margin)
     np.testing.assert_allclose(per.detach().numpy(), want, atol=2e-5)
     t = hardest_per_class(xt, torch.from_numpy(labels))
@@ -202,7 +207,7 @@ def test_loss_equals_brute_force(seed: int) -> None:
 def test_loss_value_by_hand() -> None:
     """Two classes of two patches on the circle: a = chord(0.4), b = chord(0.5)."""
     x = on_circle(0.0, 0.4, 0.9, 1.6)
-    per, _ = TripletMargin().per_class(x, lab(0, 0, 1, 1))
+    per, _ = per_class(TripletMargin(), x, lab(0, 0, 1, 1))
     chord = lambda t: 2 * math.sin(t / 2)  # noqa: E731
     want = [1 + chord(0.4) - chord(0.5), 1 + chord(0.7) - chord(0.5)]
     np.testing.assert_allclose(per.numpy(), want, atol=1e-6)
@@ -210,7 +215,7 @@ def test_loss_value_by_hand() -> None:
 
 def test_exact_zero_not_nan() -> None:
     x = on_circle(0.0, 0.1, math.pi, math.pi + 0.1).requires_grad_(True)
-    out = TripletMargin()(nn.Identity(), x, lab(0, 0, 1, 1))
+    out = objective(TripletMargin(), nn.Identity(), x, lab(0, 0, 1, 1))
     assert out.loss.item() == 0.0 and not torch.isnan(out.loss)
     out.loss.backward()
     assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
@@ -224,7 +229,7 @@ def test_gradient_flows_only_through_the_recomputed_distances() -> None:
     raw = torch.randn(12, 8)
     labels = lab(0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4)
     x = torch.nn.functional.normalize(raw, dim=1).requires_grad_(True)
-    per, _ = TripletMargin(margin=1.0).per_class(x, labels)
+    per, _ = per_class(TripletMargin(margin=1.0), x, labels)
     per.mean().backward()
     got = x.grad.clone()
     # reference: the same mined indices as constants, distances recomputed in float64
@@ -247,9 +252,9 @@ def test_call_runs_the_model_in_float32() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, dtype=torch.float64), _Normalise())
     x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
     labels = lab(1, 1, 2, 2, 3, 3)
-    out = TripletMargin()(model, x, labels)
+    out = objective(TripletMargin(), model, x, labels)
     assert out.loss.dtype == torch.float32 and out.loss.requires_grad
-    per, stats = TripletMargin().per_class(model(x).float(), labels)
+    per, stats = per_class(TripletMargin(), model(x).float(), labels)
     assert out.loss.item() == pytest.approx(per.mean().item())
     assert set(out.stats) >= {"pos_dist", "neg_dist"}
     out.loss.backward()
@@ -263,10 +268,11 @@ class _Normalise(nn.Module):
 
 def test_registry() -> None:
     assert LOSSES["triplet"] is TripletMargin
-    loss = build_loss("triplet", margin=2.5)
+    loss = LOSSES.build("triplet", margin=2.5)
     assert isinstance(loss, TripletMargin) and loss.margin == 2.5
     with pytest.raises(ValueError, match="triplet"):
-        build_loss("no-such-loss")
+        LOSSES.build("no-such-loss")
+    assert isinstance(LOSSES, Registry)
 
 
 # ---------------------------------------------------------------------------- known bug
@@ -274,7 +280,7 @@ def test_registry() -> None:
 
 def test_identical_class_members_give_finite_gradients() -> None:
     x = on_circle(0.3, 0.3, 1.0, 1.2).requires_grad_(True)  # class 4: one patch taken twice
-    out = TripletMargin()(nn.Identity(), x, lab(4, 4, 8, 8))
+    out = objective(TripletMargin(), nn.Identity(), x, lab(4, 4, 8, 8))
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(x.grad).all()
@@ -282,7 +288,7 @@ def test_identical_class_members_give_finite_gradients() -> None:
 
 def test_masked_class_gives_finite_gradients() -> None:
     x = on_circle(0.0, 0.5, 1.0).requires_grad_(True)
-    out = TripletMargin()(nn.Identity(), x, lab(1, 1, 1))
+    out = objective(TripletMargin(), nn.Identity(), x, lab(1, 1, 1))
     assert out.loss.item() == 0.0
     out.loss.backward()
     assert torch.isfinite(x.grad).all()

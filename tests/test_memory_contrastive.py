@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from train_fixtures import tiny_config, write_sets
 
 import descbal.losses  # noqa: F401  (registers every loss)
+from loss_fixtures import embedded, mine, objective
 from descbal.losses.memory import RANK_BASE, HardNegativePairMiner, MemoryContrastiveLoss, contrastive_pair_loss
-from descbal.losses.registry import build_loss
+from descbal.losses.registry import LOSSES
+from descbal.losses.tuples import Reference
 from descbal.train.config import LossConfig, ModelConfig
 from descbal.train.trainer import resume_run, start_run
 
@@ -64,7 +66,7 @@ def test_miner_valid_and_self_masked_by_id() -> None:
     ref_labels = torch.cat([labels, labels[:2]])
     ids = torch.arange(6) + 100
     ref_ids = torch.cat([ids, torch.tensor([7, 8])])
-    pairs = HardNegativePairMiner(0.1)(x, labels, ref, ref_labels, ids, ref_ids)
+    pairs = HardNegativePairMiner(0.1)(x, labels, Reference(ref, ref_labels, ref_ids, ids))
     pos = set(zip(pairs.a1.tolist(), pairs.p.tolist(), strict=True))
     assert (0, 0) not in pos and (0, 6) in pos and (1, 7) in pos  # older copies of a patch are positives
 
@@ -79,7 +81,7 @@ def test_loss_over_steps_equals_brute_force_memory(reduction: str) -> None:
     for step in range(5):
         x = _unit(b, 4, step)
         labels = [step % 2, step % 2, 2, 2, 3, 4 + step]
-        out = loss.compute(x, torch.tensor(labels))
+        out = embedded(loss, x, torch.tensor(labels))
         ids = list(range(seen, seen + b))
         for k in range(b):  # the reference enqueues first, too
             slots[(ptr + k) % m] = (x[k], labels[k], ids[k])
@@ -102,7 +104,7 @@ def test_enqueued_before_the_loss() -> None:
     """First call: the memory holds exactly the current batch, so the two terms agree."""
     x = _unit(8, 5, 1)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    out = MemoryContrastiveLoss(neg_threshold=0.0, start_iter=0).compute(x, labels)
+    out = embedded(MemoryContrastiveLoss(neg_threshold=0.0, start_iter=0), x, labels)
     assert out.stats["memory_on"] == 1.0 and out.stats["memory_fill"] == pytest.approx(1 / 8)
     assert out.stats["loss_memory"] == pytest.approx(out.stats["loss_batch"], rel=1e-6)
     assert out.stats["pos_memory"] == out.stats["pos_batch"] == 1.0  # self masked by id, partner kept
@@ -111,7 +113,7 @@ def test_enqueued_before_the_loss() -> None:
 def test_exact_zero_when_nothing_mined() -> None:
     x = torch.eye(5, 6).requires_grad_()  # orthogonal, all labels distinct: no positive, no hard negative
     loss = MemoryContrastiveLoss(start_iter=0)
-    out = loss.compute(x, torch.arange(5))
+    out = embedded(loss, x, torch.arange(5))
     assert float(out.loss.detach()) == 0.0 and not torch.isnan(out.loss.detach())
     out.loss.backward()
     assert x.grad is not None and torch.all(x.grad == 0)
@@ -125,7 +127,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
                for _ in range(7)]
     a = MemoryContrastiveLoss(neg_threshold=0.1, memory_batches=2, start_iter=3)
     for x, y in batches[:4]:
-        a.compute(x, y)
+        embedded(a, x, y)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
@@ -135,7 +137,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     b = MemoryContrastiveLoss(neg_threshold=0.1, memory_batches=2, start_iter=3)  # fresh: unsized buffers
     b.load_state_dict(state)
     for x, y in batches[4:]:
-        la, lb = a.compute(x, y), b.compute(x, y)
+        la, lb = embedded(a, x, y), embedded(b, x, y)
         assert torch.equal(la.loss, lb.loss) and la.stats == lb.stats
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
@@ -145,17 +147,17 @@ def test_ema_bank_updates_entries_by_point_and_rank() -> None:
     loss = MemoryContrastiveLoss(update="ema_bank", momentum=0.9, memory_size=10, start_iter=0)
     labels = torch.tensor([4, 4, 9])
     x1, x2 = _unit(3, 4, 1), _unit(3, 4, 2)
-    loss.compute(x1, labels)
+    embedded(loss, x1, labels)
     assert int(loss.filled) == 3
     assert sorted(loss.mem_ids[:3].tolist()) == [4 * RANK_BASE, 4 * RANK_BASE + 1, 9 * RANK_BASE]
-    out = loss.compute(x2, labels)
+    out = embedded(loss, x2, labels)
     assert int(loss.filled) == 3  # the same keys: updated in place, nothing inserted
     torch.testing.assert_close(loss.mem_feats[:3], F.normalize(0.9 * x1 + 0.1 * x2, dim=1))
     assert out.stats["pos_memory"] == pytest.approx(2 / 3)  # each 4 sees the other rank; 9 has only itself
-    loss.compute(x2, torch.tensor([5, 5, 9]))
+    embedded(loss, x2, torch.tensor([5, 5, 9]))
     assert int(loss.filled) == 5
     with pytest.raises(ValueError):
-        loss.compute(x2, torch.tensor([1, 2, 3]), ids=torch.tensor([1, 1, 2]))
+        embedded(loss, x2, torch.tensor([1, 2, 3]), ids=torch.tensor([1, 1, 2]))
 
 
 def test_ema_encoder_tracks_the_parameters() -> None:
@@ -163,13 +165,13 @@ def test_ema_encoder_tracks_the_parameters() -> None:
     x = torch.randn(6, 10, generator=torch.Generator().manual_seed(5))
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     loss = MemoryContrastiveLoss(update="ema_encoder", momentum=0.5, start_iter=0)
-    loss(model, x, labels)
+    objective(loss, model, x, labels)
     w0 = model.lin.weight.detach().clone()
     torch.testing.assert_close(loss.ema_params, w0.reshape(-1))
     with torch.no_grad():
         torch.testing.assert_close(loss.mem_feats[:6], model(x))
         model.lin.weight.add_(1.0)
-    loss(model, x, labels)
+    objective(loss, model, x, labels)
     ema = 0.5 * w0 + 0.5 * (w0 + 1.0)
     torch.testing.assert_close(loss.ema_params, ema.reshape(-1))
     with torch.no_grad():
@@ -184,7 +186,7 @@ def test_bf16_autocast_and_memory_dtype() -> None:
         loss = MemoryContrastiveLoss(neg_threshold=-1.0, start_iter=0, update=update, memory_dtype=dtype)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert model(x).dtype == torch.bfloat16
-            out = loss(model, x, labels)
+            out = objective(loss, model, x, labels)
         assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss), update
         assert out.stats["neg_memory"] > 0
         out.loss.backward()
@@ -197,10 +199,10 @@ def test_arguments_and_capacity() -> None:
         MemoryContrastiveLoss(memory_dtype="int8")
     loss = MemoryContrastiveLoss(memory_size=4)
     with pytest.raises(ValueError, match="does not fit"):
-        loss.compute(_unit(6, 3, 0), torch.zeros(6, dtype=torch.long))
-    assert isinstance(build_loss("memory_contrastive", memory_batches=16), MemoryContrastiveLoss)
+        embedded(loss, _unit(6, 3, 0), torch.zeros(6, dtype=torch.long))
+    assert isinstance(LOSSES.build("memory_contrastive", memory_batches=16), MemoryContrastiveLoss)
     loss = MemoryContrastiveLoss(memory_size=8)
-    loss.compute(_unit(6, 3, 0), torch.zeros(6, dtype=torch.long))
+    embedded(loss, _unit(6, 3, 0), torch.zeros(6, dtype=torch.long))
     loss.reset_memory()
     assert int(loss.filled) == 0 and int(loss.ptr) == 0 and loss.capacity == 8 and loss.memory()[0].shape == (0, 3)
 
@@ -216,10 +218,10 @@ def test_trainer_checkpoint_resume_keeps_the_memory(tmp_path: Path) -> None:
     run = tmp_path / "run"
     start_run(cfg, run).fit(stop_after=3)  # mid epoch 1, memory on
     resumed = resume_run(run)
-    loss = resumed.phases[0].loss
+    loss = resumed.phases[0].pipeline.loss
     assert int(loss.iteration) == 3 and loss.capacity == 24  # restored before the first resumed step
     resumed.fit()
-    for k, v in ref.phases[0].loss.state_dict().items():
+    for k, v in ref.phases[0].pipeline.loss.state_dict().items():
         assert torch.equal(v, loss.state_dict()[k]), k
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k

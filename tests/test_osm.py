@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import descbal.losses  # noqa: F401  (registers every loss)
-from descbal.losses.osm import OSMCAALoss, OSMSoftMiner, batch_centroid_attention, osm_pair_loss
-from descbal.losses.registry import build_loss
+from loss_fixtures import embedded, mine, objective
+from descbal.losses import LossPipeline
+from descbal.losses.osm import OSMCAALoss, OSMSoftMiner, batch_centroid_attention, osm_pair_loss, soft_weights
+from descbal.losses.registry import LOSSES
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3]
 
@@ -67,7 +69,7 @@ def test_loss_and_gradient_equal_brute_force(seed: int, attention: str, pair: st
     x = _unit(len(LABELS), 3, seed).requires_grad_()
     labels = torch.tensor(LABELS)
     loss = OSMCAALoss(attention=attention, pair_attention=pair)
-    out = loss.compute(x, labels)
+    out = embedded(loss, x, labels)
     att = None if attention == "none" else _ref_attention(x.detach(), LABELS, 0.68)
     xr = x.detach().clone().requires_grad_()
     ref = _ref_loss(xr, LABELS, att, pair=pair)
@@ -80,37 +82,38 @@ def test_loss_and_gradient_equal_brute_force(seed: int, attention: str, pair: st
 def test_soft_miner_pairs_and_balance() -> None:
     x = _unit(len(LABELS), 3, 7)
     labels = torch.tensor(LABELS)
-    soft = OSMSoftMiner(margin=1.2)(x, labels)
-    p = soft.pairs
+    p = OSMSoftMiner(margin=1.2)(x, labels)
+    w_pos, w_neg = soft_weights(p, None)
     assert torch.all(labels[p.a1] == labels[p.p]) and torch.all(p.a1 < p.p)
     assert torch.all(labels[p.a2] != labels[p.n]) and torch.all(p.a2 < p.n)
     assert p.num_pos == 3 + 1 + 1  # every positive pair once
     d = torch.sqrt(torch.clamp(2 - 2 * (x @ x.T), min=1e-6))
     assert p.num_neg > 0 and torch.all(d[p.a2, p.n] < 1.2)  # only active negatives
-    assert float(soft.w_pos.sum()) == pytest.approx(0.5, abs=1e-6) and float(soft.w_neg.sum()) == pytest.approx(0.5, abs=1e-6)
+    assert float(w_pos.sum()) == pytest.approx(0.5, abs=1e-6) and float(w_neg.sum()) == pytest.approx(0.5, abs=1e-6)
     # closer positives weigh more; harder negatives weigh more
     dp, dn = d[p.a1, p.p], d[p.a2, p.n]
-    assert torch.equal(torch.argsort(soft.w_pos), torch.argsort(-dp))
-    assert torch.equal(torch.argsort(soft.w_neg, stable=True), torch.argsort(-dn, stable=True))
-    assert not soft.w_pos.requires_grad
+    assert torch.equal(torch.argsort(w_pos), torch.argsort(-dp))
+    assert torch.equal(torch.argsort(w_neg, stable=True), torch.argsort(-dn, stable=True))
+    assert not w_pos.requires_grad and p.w_pos is not None
+    torch.testing.assert_close(p.w_pos, torch.exp(-(dp * dp) / (2 * 0.8**2)))  # the miner's raw OSM weights
 
 
 def test_exact_zero_when_nothing_mined() -> None:
     x = torch.eye(5, 8).requires_grad_()  # distinct labels, d = sqrt(2) > 1.2 everywhere
-    out = OSMCAALoss().compute(x, torch.arange(5))
+    out = embedded(OSMCAALoss(), x, torch.arange(5))
     assert float(out.loss.detach()) == 0.0 and not torch.isnan(out.loss.detach())
     assert out.stats["pos_pairs"] == 0 and out.stats["neg_active"] == 0
     out.loss.backward()
     assert x.grad is not None and torch.all(x.grad == 0)
     soft = OSMSoftMiner()(x, torch.arange(5))
-    assert float(osm_pair_loss(x, soft).detach()) == 0.0
+    assert float(osm_pair_loss(x, soft, *soft_weights(soft, None)).detach()) == 0.0
 
 
 def test_caffe_scale() -> None:
     x = _unit(len(LABELS), 3, 2)
     labels = torch.tensor(LABELS)
-    plain = float(OSMCAALoss(attention="none").compute(x, labels).loss)
-    scaled = float(OSMCAALoss(attention="none", caffe_scale=True).compute(x, labels).loss)
+    plain = float(embedded(OSMCAALoss(attention="none"), x, labels).loss)
+    scaled = float(embedded(OSMCAALoss(attention="none", caffe_scale=True), x, labels).loss)
     assert scaled == pytest.approx(plain / (2 * 28), rel=1e-6)  # N_pair = 8 * 7 / 2
 
 
@@ -120,7 +123,7 @@ def test_classifier_attention_head() -> None:
     loss = OSMCAALoss(attention="classifier", num_classes=4, embedding_size=6, classifier_weight=0.5)
     head = [p for p in loss.parameters() if p.requires_grad]
     assert len(head) == 2  # weight and bias: the trainer adds them to the optimiser
-    out = loss.compute(x, labels)
+    out = embedded(loss, x, labels)
     with torch.no_grad():
         logits = loss.classifier(x)
         p = torch.softmax(logits, 1)[torch.arange(8), labels]
@@ -137,7 +140,7 @@ def test_classifier_attention_head() -> None:
     only_ce.class_attention(x2, labels)[1].backward()
     assert x2.grad is None
     with pytest.raises(ValueError, match="labels"):
-        loss.compute(x.detach(), torch.tensor([0, 0, 1, 1, 2, 2, 3, 9]))
+        embedded(loss, x.detach(), torch.tensor([0, 0, 1, 1, 2, 2, 3, 9]))
     with pytest.raises(ValueError):
         OSMCAALoss(attention="classifier")
 
@@ -148,14 +151,14 @@ def test_bf16_autocast_gives_float32() -> None:
     labels = torch.arange(5).repeat_interleave(2)
     x = torch.randn(10, 10)
     for params in ({}, {"attention": "none"}, {"attention": "classifier", "num_classes": 5, "embedding_size": 6}):
-        loss = build_loss("osm_caa", **params)
+        loss = LOSSES.build("osm_caa", **params)
 
         def net(v: torch.Tensor) -> torch.Tensor:
             return F.normalize(model(v), dim=1)
 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert net(x).dtype == torch.bfloat16
-            out = loss(net, x, labels)
+            out = objective(LossPipeline(loss), net, x, labels)
         assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
         out.loss.backward()
         assert torch.isfinite(model[0].weight.grad).all()

@@ -21,6 +21,7 @@ and a fixed ``B = 4.25``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -122,8 +123,8 @@ class BalanceLoss(Loss):
         if boundary != "dynamic" and not isinstance(boundary, int | float):
             raise ValueError(f"boundary must be 'dynamic' or a number, got {boundary!r}")
         self.boundary = None if boundary == "dynamic" else float(boundary)
-        if not isinstance(teacher, str):
-            raise ValueError(f"teacher must be 'self', 'none' or a model path, got {teacher!r}")
+        if not isinstance(teacher, str) or (teacher not in ("self", "none") and not Path(teacher).exists()):
+            raise ValueError(f"teacher must be 'self', 'none' or a model path; {teacher!r} does not exist")
         self.teacher = teacher
 
     def teacher_spec(self) -> str | None:
