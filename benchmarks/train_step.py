@@ -25,11 +25,12 @@ import time
 import numpy as np
 import torch
 
-from descbal.losses.registry import build_loss
+from descbal.losses import build_pipeline
 from descbal.models import build_model
 from descbal.train.augment import AugmentConfig, apply_augment, sample_params
 from descbal.train.optim import OptimConfig, make_optimizer
 from descbal.train.sampler import ClassBatchSampler
+from descbal.train.step import loss_step
 
 
 def _sync(dev: torch.device) -> None:
@@ -86,7 +87,7 @@ def run(device: torch.device, classes: int, npos: int, steps: int, loss_name: st
     """Time ``steps`` full steps (after 3 warm-up steps); returns patches/s and times."""
     torch.manual_seed(0)
     model = build_model("hynet").to(device)
-    loss = build_loss(loss_name)
+    pipeline = build_pipeline(loss_name).to(device)
     if fast and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if (fast and compile_model) else model
@@ -117,7 +118,7 @@ def run(device: torch.device, classes: int, npos: int, steps: int, loss_name: st
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (fast and device.type == "cuda") else torch.autocast(
             "cpu", enabled=False)
         with amp:
-            out = loss(step_model, x, y)
+            out = loss_step(step_model, pipeline, x, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -137,19 +138,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=None, help="classes per batch (default 2560 on CUDA, 128 on CPU)")
     ap.add_argument("--npos", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--loss", default="balance" if "balance" in __import__("descbal.losses.registry").losses.registry.LOSSES
-                    else "triplet")
+    ap.add_argument("--loss", default="balance", help="a registered loss (descbal.losses.LOSSES)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--baseline-steps", type=int, default=None)
     args = ap.parse_args()
-    import descbal.losses  # noqa: F401
-
-    try:
-        import descbal.losses.balance  # noqa: F401
-    except ImportError:
-        pass
-    import descbal.losses.triplet  # noqa: F401
-
     dev = torch.device(args.device)
     classes = args.classes or (2560 if dev.type == "cuda" else 128)
     steps = args.steps or (20 if dev.type == "cuda" else 5)

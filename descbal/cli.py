@@ -542,11 +542,11 @@ def train_cmd(
         stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
         raise typer.Exit(130) from None
     if not quiet:
-        for rec in summary.get("validation", []):
+        for rec in summary.validation:
             if rec["val_fpr95"] is not None:
                 stderr.print(f"epoch {rec['epoch']}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
-        stderr.print(f"model written to {summary['model']}")
-    emit_json(summary, json_out)
+        stderr.print(f"model written to {summary.model}")
+    emit_json(summary.to_json(), json_out)
 
 
 @cache_app.command("images")

@@ -70,15 +70,15 @@ def test_interrupted_and_resumed_run_is_identical(k: int, cfg: RunConfig, refere
     run = tmp_path / "run"
     first = start_run(cfg, run)
     out = first.fit(stop_after=k)
-    assert out == {"stopped": True, "steps": k}
+    assert out.to_json() == {"stopped": True, "steps": k} and out.stopped and out.model is None
     assert (run / "checkpoints" / "last.pt").is_file() and not (run / "model.pt").exists()
     doc = read_checkpoint(run / "checkpoints" / "last.pt")
     assert (doc["epoch"], doc["iteration"]) == {2: (0, 2), 3: (0, 3), 4: (1, 1), 6: (1, 3)}[k]
     second = resume_run(run)
     assert (second.epoch, second.iteration) == (doc["epoch"], doc["iteration"])
     summary = second.fit()
-    assert summary["stopped"] is False and summary["steps"] == 6
-    assert summary["validation"] and summary["validation"][-1] == ref_summary["validation"][-1]
+    assert summary.stopped is False and summary.steps == 6
+    assert summary.validation and summary.validation[-1] == ref_summary.validation[-1]
     assert_same_weights(second.model, ref.model)
     assert second.optimizer.state_dict()["state"].keys() == ref.optimizer.state_dict()["state"].keys()
     for key, st in ref.optimizer.state_dict()["state"].items():
@@ -164,8 +164,11 @@ def test_run_folder_contents(cfg: RunConfig, reference) -> None:
         assert np.isfinite(r["loss"]) and r["lr"] > 0 and r["patches"] == 24
     assert [r["epoch"] for r in vals] == [1, 2]
     assert all(0.0 <= r["val_fpr95"] <= 1.0 for r in vals)
-    assert summary["validation"] == vals
-    assert summary["stopped"] is False and summary["steps"] == 6 and summary["model"] == str(run / "model.pt")
+    assert list(summary.validation) == vals
+    assert summary.stopped is False and summary.steps == 6 and summary.model == str(run / "model.pt")
+    doc = summary.to_json()
+    assert list(doc) == ["stopped", "steps", "seconds", "validation", "model"] and doc["validation"] == vals
+    assert json.loads(json.dumps(doc)) == doc
     # checkpoints
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     per_epoch = [n for n in names if n != "last.pt"]

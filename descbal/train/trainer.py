@@ -68,6 +68,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class TrainSummary:
+    """What :meth:`Trainer.fit` returns: whether it stopped early, the global step reached, and
+    for a finished run its wall time (s), the per-epoch validation records and the model path."""
+
+    stopped: bool
+    steps: int
+    seconds: float | None = None
+    validation: tuple[dict[str, Any], ...] = ()
+    model: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"stopped", "steps"}``, plus ``"seconds", "validation", "model"`` for a finished run."""
+        if self.stopped:
+            return {"stopped": True, "steps": self.steps}
+        return {"stopped": False, "steps": self.steps, "seconds": self.seconds, "validation": list(self.validation),
+                "model": self.model}
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63)
 
@@ -226,7 +245,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, progress: TrainProgress | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    def fit(self, progress: TrainProgress | None = None, stop_after: int | None = None) -> TrainSummary:
         """Train from the current position to the end (or until Ctrl-C / ``stop_after`` steps).
 
         On Ctrl-C the current step finishes, ``checkpoints/last.pt`` is written and
@@ -267,7 +286,7 @@ class Trainer:
                         self.save()
                         if self._stop:
                             raise KeyboardInterrupt
-                        return {"stopped": True, "steps": step}
+                        return TrainSummary(True, step)
                 self.epoch += 1
                 self.iteration = 0
                 finished = self.epoch
@@ -287,8 +306,8 @@ class Trainer:
         from descbal.models.checkpoint import save_checkpoint
 
         save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)))
-        return {"stopped": False, "steps": self.total_steps, "seconds": time.perf_counter() - start,
-                "validation": history, "model": str(self.run_dir / "model.pt")}
+        return TrainSummary(False, self.total_steps, time.perf_counter() - start, tuple(history),
+                            str(self.run_dir / "model.pt"))
 
 
 def _class_positions(labels: np.ndarray) -> np.ndarray:
