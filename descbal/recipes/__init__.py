@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 
 from descbal.errors import BadInputError
 
@@ -19,9 +18,3 @@ def recipe_text(name: str) -> str:
     if not f.is_file():
         raise BadInputError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
     return f.read_text(encoding="utf-8")
-
-
-def recipe_path(name: str) -> Path:
-    """Filesystem path of a shipped recipe (for users to copy)."""
-    recipe_text(name)
-    return Path(str(resources.files(__package__) / f"{name}.toml"))
