@@ -25,6 +25,7 @@ from descbal.extract.describers import PATCH_SIZE, load_describer
 from descbal.extract.detectors import DETECTORS, detect
 from descbal.extract.writers import Features, open_writer
 from descbal.geometry import PatchGeometry
+from descbal.images import UnreadableImageError, list_images, read_gray
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, name)
 
@@ -97,28 +98,11 @@ class FeatureExtractor:
                         oris=ori.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
 
 
-def read_gray(path: Path) -> NDArray[np.uint8]:
-    """An image file as gray uint8 (OpenCV IMREAD_GRAYSCALE, as hloc reads it).
-
-    Raises:
-        ValueError: empty or undecodable file (the message is the reason).
-    """
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise ValueError("unreadable (not an image OpenCV decodes)")
-    if img.size == 0:
-        raise ValueError("empty image")
-    return img
-
-
 def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:
     try:
         return path, read_gray(path), None
-    except (ValueError, OSError) as e:
-        return path, None, str(e)
+    except UnreadableImageError as e:
+        return path, None, e.reason
 
 
 def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig = ExtractConfig(), *, fmt: str = "hloc",
@@ -138,7 +122,6 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
         BadInputError: ``out`` holds features of a different extraction (model, geometry...).
     """
     from descbal.data.patchset import prefetch
-    from descbal.data.selfsup import list_images
     from descbal.errors import DataMissingError
 
     t0 = time.perf_counter()
