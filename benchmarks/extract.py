@@ -52,6 +52,8 @@ from descbal.extract.describers import NetworkDescriber
 from descbal.extract.detectors import detect
 from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry, patch_affines
+from descbal.images import UnreadableImageError, read_gray
+from descbal.models import resolve_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 W, H, N_KP = 1024, 768, 2000
@@ -60,7 +62,10 @@ W, H, N_KP = 1024, 768, 2000
 def load_image() -> tuple[np.ndarray, str]:
     photo = SHARED / "train-pool" / "mods__river1.jpg"
     if photo.is_file():
-        img = cv2.imread(str(photo), cv2.IMREAD_GRAYSCALE)
+        try:
+            img = read_gray(photo)
+        except UnreadableImageError:
+            img = None
         if img is not None and img.shape == (H, W):
             return img, photo.name
     rng = np.random.default_rng(0)
@@ -69,11 +74,11 @@ def load_image() -> tuple[np.ndarray, str]:
 
 
 def load_model(spec: str) -> torch.nn.Module:
-    from descbal.models import build_model, load
-
-    if Path(spec).exists():
-        return load(spec)
-    return build_model(spec)
+    """The network a model spec names (an architecture is untrained, seed 0)."""
+    model = resolve_model(spec)
+    if model.network is None:
+        sys.exit(f"extract benchmark: --model {spec!r} is a classical descriptor; this benchmark times networks")
+    return model.network
 
 
 def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -163,7 +168,8 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="hardnet", help="registered architecture (random weights) or a weights file")
+    ap.add_argument("--model", default="hardnet", help="any descbal model spec naming a network: an architecture "
+                    "(untrained, seed 0) or a weights file")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--per-keypoint", type=int, default=50, help="keypoints timed for the per-keypoint variant")

@@ -51,7 +51,7 @@ from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import hpatches_descriptors
 from descbal.eval.sequences import evaluate_sequences
 from descbal.geometry import PatchGeometry
-from descbal.models import build_model, load, save_checkpoint
+from descbal.models import build_model, resolve_model, save_checkpoint
 from descbal.recipes import recipe_text
 from descbal.train.augment import network_input
 from descbal.train.config import RunConfig
@@ -186,7 +186,7 @@ def main() -> None:
         pool = load_patchset(pool_path)  # once for every loss trained on it
         if not args.no_baselines and pool_name == pool_names[0]:
             fitted = args.work / "untrained-pool-statistics.pt"
-            save_checkpoint(fitted, with_pool_statistics(load(untrained), pool))
+            save_checkpoint(fitted, with_pool_statistics(resolve_model(untrained).network, pool))
             models[f"HyNet untrained, pool BN statistics ({pool_name})"] = fitted
         for loss in args.loss or ["balance", "triplet"]:
             label = f"HyNet {loss}, pool {pool_name}, {args.steps} steps x {args.classes}"
@@ -209,7 +209,7 @@ def main() -> None:
     rows = []
     split_names = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
     for (label, m), res in zip(models.items(), seqs["models"], strict=True):
-        desc = hpatches_descriptors(m if m == "sift" else load(m), bench / "patches", split_names, device=dev)
+        desc = hpatches_descriptors(m, bench / "patches", split_names, device=dev)
         head = evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
         rows.append({"label": label, "trained": label.startswith("HyNet ") and "untrained" not in label,
                      "mma": res["mma"]["overall"], "h3": res["homography_accuracy"]["overall"]["3"],

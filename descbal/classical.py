@@ -2,7 +2,9 @@
 
 They serve as baselines beside learned models: ``sift`` and ``rootsift`` compute OpenCV's SIFT
 descriptor at the centre of each patch, upright, with the descriptor window filling the patch.
-A new descriptor is one function plus one ``@register`` line.
+A new descriptor is one function plus one ``@register`` line. Its name is then a model spec
+(:func:`descbal.models.resolve.resolve_model`); ``extract`` and ``eval sequences`` need the
+keypoint form of the same name too (:data:`descbal.extract.describers.KEYPOINT_DESCRIPTORS`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def register(name: str) -> Callable[[PatchDescriptor], PatchDescriptor]:
 
 
 @register("sift")
-def sift(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Upright OpenCV SIFT at the patch centre, window inside the patch.
+def sift_patch_descriptor(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Upright OpenCV SIFT at the centre of ready patches, window inside the patch
+    (:func:`descbal.extract.describers.sift_keypoint_descriptor` is SIFT at keypoints of an image).
 
     Patches are laid side by side in one mosaic image so that OpenCV processes thousands per
     call. Shape: (N, P, P) uint8 -> (N, 128) float32 (OpenCV's scale: entries up to 255).
@@ -61,12 +64,12 @@ def sift(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
 
 
 @register("rootsift")
-def rootsift(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
+def rootsift_patch_descriptor(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise SIFT, then square-root.
 
     Shape: (N, P, P) uint8 -> (N, 128) float32, unit L2 norm.
     """
-    d = sift(patches).astype(np.float64)
+    d = sift_patch_descriptor(patches).astype(np.float64)
     d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
     return np.sqrt(d).astype(np.float32)
 

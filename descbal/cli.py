@@ -69,6 +69,9 @@ def _root(
 
 
 JsonOpt = Annotated[str | None, typer.Option("--json", help="Write the result as JSON to FILE, or '-' for stdout.")]
+#: What every --model accepts (descbal.models.resolve.resolve_model).
+MODEL_HELP = ("Checkpoint, run folder, published weights (TFeat/HardNet/HyNet/SOSNet), an architecture name "
+              "(untrained, seeded), or sift / rootsift; NAME=MODEL shows it as NAME.")
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
 
 
@@ -103,7 +106,7 @@ def eval_hpatches(
                                                                      "(default with --patches: tasks/ beside it).")] = None,
     descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
                                                      help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, run folder or published weights.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     patches: Annotated[Path | None, typer.Option("--patches", help="HPatches cache .h5 (descbal cache hpatches) "
                                                                   "or a release folder of PNGs.")] = None,
     export_csv: Annotated[Path | None, typer.Option("--export-csv", help="With --model: also write official CSVs here.")]
@@ -134,13 +137,12 @@ def eval_hpatches(
     if model is not None:
         if patches is None:
             raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
-        from descbal.devices import resolve_device
         from descbal.eval.hpatches_io import write_descriptor_tree
         from descbal.eval.model_eval import hpatches_descriptors
-        from descbal.models import load
+        from descbal.models import resolve_model
 
-        dev = resolve_device(device)
-        desc = hpatches_descriptors(load(model).to(dev), patches, spl["test"], device=dev)
+        resolved = resolve_model(model)
+        desc = hpatches_descriptors(resolved, patches, spl["test"], device=device)
         if export_csv is not None:
             write_descriptor_tree(export_csv, desc)
     else:
@@ -148,6 +150,8 @@ def eval_hpatches(
     chosen = [t.value for t in task] if task else list(TASKS)
     with task_progress(quiet) as progress:
         result = evaluate_hpatches(desc, tasks, split, chosen, dist.value, progress=progress)
+    if model is not None:
+        result["model"] = resolved.name
     _print_tables(hpatches_tables(result), quiet)
     emit_json(result, json_out)
 
@@ -158,7 +162,7 @@ def eval_brown(
     pairs: Annotated[Path | None, typer.Option("--pairs", "-p", help="m50_*.txt pairs file, or a Brown cache .h5.")] = None,
     descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
                                                      help="Per-patch descriptors: .npy (N, D) or .h5 'descriptors'.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, run folder or published weights.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Brown cache .h5 (patches + pairs) for --model.")] = None,
     definition: Annotated[FprDef, typer.Option("--fpr", help="FPR95 definition.")] = FprDef.hardnet,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (with --model).")] = "auto",
@@ -175,12 +179,9 @@ def eval_brown(
         if data is None or pairs is not None or descriptors is not None:
             raise BadInputError("--model needs --data SET.h5 (and no --pairs/--descriptors)")
         from descbal.data.patchset import load_patchset
-        from descbal.devices import resolve_device
         from descbal.eval.model_eval import evaluate_brown_model
-        from descbal.models import load
 
-        dev = resolve_device(device)
-        result = evaluate_brown_model(load(model).to(dev), load_patchset(data), definition.value, device=dev)
+        result = evaluate_brown_model(model, load_patchset(data), definition.value, device=device)
     else:
         if pairs is None or descriptors is None:
             raise BadInputError("give --pairs and --descriptors, or --model and --data")
@@ -194,27 +195,24 @@ def eval_brown(
 @handle_errors
 def eval_example(
     out: Annotated[Path | None, typer.Option(help="Keep the generated example here (default: a temporary folder).")] = None,
-    descriptor: Annotated[str, typer.Option(help="Built-in baseline descriptor: sift or rootsift.")] = "sift",
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "sift",
     seed: Annotated[int, typer.Option(help="Seed of the generated example.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for a network).")] = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate a small HPatches-style example, describe it with a baseline, evaluate it."""
-    from descbal.classical import CLASSICAL
+    """Generate a small HPatches-style example, describe it (SIFT by default), evaluate it."""
     from descbal.console import emit_json, stderr, task_progress
-    from descbal.errors import BadInputError
     from descbal.eval.example import run_example
     from descbal.eval.report import hpatches_tables
 
-    if descriptor not in CLASSICAL:
-        raise BadInputError(f"unknown descriptor {descriptor!r}; choose from {', '.join(CLASSICAL)}")
     with tempfile.TemporaryDirectory(prefix="descbal-example-") as tmp:
         where = out if out is not None else Path(tmp)
         with task_progress(quiet) as progress:
-            result = run_example(where, descriptor=descriptor, seed=seed, progress=progress)
+            result = run_example(where, model=model, seed=seed, progress=progress, device=device)
         _print_tables(hpatches_tables(result), quiet)
         if out is not None and not quiet:
-            stderr.print(f"example written to {out} (patches/, descriptors/{descriptor}/, tasks/)")
+            stderr.print(f"example written to {out} (patches/, descriptors/{result['descriptor']}/, tasks/)")
     emit_json(result, json_out)
 
 
@@ -263,8 +261,7 @@ def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign
 @handle_errors
 def extract_cmd(
     images_dir: Annotated[Path | None, typer.Argument(help="Folder of images (searched recursively).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint, run folder, published weights "
-                                              "(TFeat/HardNet/HyNet/SOSNet), or sift / rootsift (OpenCV).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Features file (hloc .h5) or folder (npz, colmap).")] = None,
     fmt: Annotated[FeatFormat, typer.Option("--format", help="hloc (HDF5), npz (one file per image) or colmap (text, "
                                             "lossy).")] = FeatFormat.hloc,
@@ -663,7 +660,6 @@ def match_cmd(
 ) -> None:
     """Mutual-nearest-neighbour matches of image pairs into an hloc matches file."""
     from descbal.console import emit_json, stderr
-    from descbal.devices import resolve_device
     from descbal.errors import BadInputError
     from descbal.extract.progress import image_progress
     from descbal.match import match_features
@@ -671,7 +667,7 @@ def match_cmd(
     if ratio is not None and not 0 < ratio <= 1:
         raise BadInputError("--ratio must be in (0, 1]")
     with image_progress("pairs", quiet) as progress:
-        result = match_features(features, pairs, out, ratio=ratio, overwrite=overwrite, device=resolve_device(device),
+        result = match_features(features, pairs, out, ratio=ratio, overwrite=overwrite, device=device,
                                 progress=progress)
     if not quiet:
         stderr.print(f"{out}: {result['matched']} pair(s) matched ({result['mean_matches']:.0f} matches on average), "
@@ -683,7 +679,7 @@ def match_cmd(
 @handle_errors
 def eval_sequences_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of sequences (<seq>/1..6.ppm|png, H_1_k), e.g. HPatches.")],
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model path or sift / rootsift (repeatable).")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help=MODEL_HELP + " Repeatable.")],
     sequence: Annotated[list[str] | None, typer.Option("--sequence", help="Only this sequence (repeatable).")] = None,
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 2048,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from descbal.devices import resolve_device
 from descbal.errors import BadInputError, DataMissingError
 
 
@@ -120,6 +121,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
     from descbal.extract.writers import AtomicH5, h5_feature_names
 
     t0 = time.perf_counter()
+    device = resolve_device(device)
     features = Path(features)
     pair_list = list(pairs) if isinstance(pairs, list) else read_pairs(pairs)
     if not features.is_file():

@@ -25,7 +25,8 @@ from descbal.data.synthetic import synthetic_sequence, write_sequence
 from descbal.errors import DataMissingError
 from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
-from descbal.models import build_model
+from descbal.images import UnreadableImageError, read_gray
+from descbal.models import build_model, resolve_model
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
 from descbal.train.trainer import Trainer
@@ -57,8 +58,6 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
         ``{"rows": [{"descriptor", "verification", "matching", "retrieval", "fpr95"}], "model": path,
         ...}`` where the HPatches-style numbers are headline fractions on the synthetic benchmark.
     """
-    import cv2
-
     out = Path(out)
     data = skimage_data_dir()
     photos = out / "photos"
@@ -89,8 +88,9 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     seq_dir = out / "sequences"
     rng = np.random.default_rng(seed + 7)
     for name, kind in BENCH_PHOTOS[: 2 if quick else None]:
-        img = cv2.imread(str(data / name), cv2.IMREAD_GRAYSCALE)
-        if img is None:
+        try:
+            img = read_gray(data / name)
+        except UnreadableImageError:
             continue
         images, hs = synthetic_sequence(img, kind, rng)
         write_sequence(seq_dir / f"{kind}_{Path(name).stem}", images, hs)
@@ -103,16 +103,13 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     torch.manual_seed(cfg.loop.seed)  # the trained model's own initial weights
     untrained = build_model(cfg.model.name, **cfg.model.params)
     rows = []
-    candidates = [("Self-TNet small (trained)", trainer.model), ("HyNet untrained", untrained), ("SIFT", None)]
-    for label, model in candidates:
-        if model is None:
-            desc = hpatches_descriptors("sift", bench / "patches", seqs)
-            fpr = None
-        else:
-            desc = hpatches_descriptors(model, bench / "patches", seqs, device="cpu")
-            fpr = evaluate_brown_model(model, pool)["fpr95"]
+    candidates = [resolve_model(trainer.model, name="Self-TNet small (trained)"),
+                  resolve_model(untrained, name="HyNet untrained"), resolve_model("SIFT=sift")]
+    for model in candidates:
+        desc = hpatches_descriptors(model, bench / "patches", seqs, device="cpu")
+        fpr = None if model.classical else evaluate_brown_model(model, pool)["fpr95"]  # the column compares the networks
         res = evaluate_hpatches(desc, bench / "tasks", bcfg.split)
-        rows.append({"descriptor": label, **res["headline"], "fpr95": fpr})
+        rows.append({"descriptor": model.name, **res["headline"], "fpr95": fpr})
     return {"rows": rows, "model": str(run_dir / "model.pt"), "benchmark": str(bench), "pool": str(pool_path),
             "sequences": seqs}
 

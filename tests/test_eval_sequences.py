@@ -113,9 +113,10 @@ def test_cli_json_and_plot(seq_root: Path, tmp_path: Path) -> None:
     assert [m["name"] for m in doc["models"]] == ["sift", "rootsift"] and doc["sequences"] == ["v_synth"]
     assert doc["models"][1]["mma"]["illumination"] is None
     img = cv2.imread(str(plot))
-    assert img is not None and img.shape[1] == 3 * 420 and img.shape[0] > 360
+    # no illumination sequence: only the Overall and Viewpoint panels are drawn
+    assert img is not None and img.shape[1] == 2 * 420 and img.shape[0] > 360
     # every model has its own colour in the viewpoint panel
-    panel = img[:360, 2 * 420 :]
+    panel = img[:360, 420:]
     colours = {tuple(int(c) for c in px) for px in panel.reshape(-1, 3) if len(set(px.tolist())) > 1}
     assert (180, 119, 31) in colours and (14, 127, 255) in colours
 

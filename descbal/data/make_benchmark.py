@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -34,6 +33,7 @@ from descbal.data.sequences import list_sequence_folders, read_sequence
 from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.errors import BadInputError, DataMissingError
 from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patch
+from descbal.images import to_gray
 
 PATCH = 65
 #: Jitter per level as (max rotation deg, max |log2 scale| per axis, max translation as a fraction
@@ -97,17 +97,13 @@ def _cluster(xy: NDArray, radius: NDArray, max_overlap: float, rng: np.random.Ge
     return np.array(sorted(kept), np.int64)
 
 
-def _gray(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-
-
 def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generator) -> NDArray[np.uint8]:
     """The 16 patch images of one sequence. Shape: (16, N, 65, 65) uint8 in TYPES order."""
     seq = read_sequence(folder)
     ids = list(seq.image_ids)
     if 1 not in ids or not all(k in seq.homographies for k in range(2, 7)):
         raise BadInputError("a benchmark sequence needs image 1 and images 2..6 with H_1_2..H_1_6", folder)
-    ref = _gray(seq.image(1))
+    ref = to_gray(seq.image(1))
     h, w = ref.shape
     xy, size, angle, _ = detect(ref, cfg.detector, cfg.max_keypoints * 3)
     geo = cfg.geometry
@@ -128,7 +124,7 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
     c = (PATCH - 1) / 2.0
     for li, level in enumerate("eht"):
         for k in range(2, 7):
-            tgt = _gray(seq.image(k))
+            tgt = to_gray(seq.image(k))
             pyr = build_pyramid(tgt)
             hm = seq.homographies[k]
             h_scale = np.sqrt(np.abs(np.linalg.det(homography_jacobian(hm, xy))))  # local zoom of H

@@ -15,7 +15,6 @@ fingerprint and the descbal version, and a rebuild is skipped while both are unc
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +28,7 @@ from numpy.typing import NDArray
 
 from descbal import __version__
 from descbal.errors import BadInputError, DataMissingError
-from descbal.fileio import atomic_path
+from descbal.fileio import atomic_path, sha256_hex
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -228,11 +227,13 @@ def fingerprint_files(files: Iterable[Path], root: Path) -> str:
     is current costs milliseconds; re-extracting an archive without preserving modification
     times makes the cache rebuild once.
     """
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+
+    def lines() -> Iterator[bytes]:
+        for f in files:
+            st = f.stat()
+            yield f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+    return sha256_hex(lines())
 
 
 def cache_attrs(name: str, source_sha256: str, **extra: Any) -> dict[str, Any]:

@@ -18,7 +18,6 @@ unreadable or tiny photos are reported and skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -39,6 +38,7 @@ from descbal.data.patchset import (
     write_patchset,
 )
 from descbal.errors import BadInputError, DataMissingError
+from descbal.fileio import sha256_hex
 from descbal.geometry import (
     PatchGeometry,
     apply_homography,
@@ -47,8 +47,7 @@ from descbal.geometry import (
     patch_affines,
     sample_warped_patch,
 )
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+from descbal.images import UnreadableImageError, list_images, read_gray
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,6 @@ class PoolConfig:
             raise ValueError("max_keypoints must be at least 1")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout fraction must be in [0, 1), got {self.holdout_fraction}")
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by relative POSIX path."""
-    if not folder.is_dir():
-        raise DataMissingError("image folder not found", folder)
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: p.relative_to(folder).as_posix())
 
 
 def detect(image: NDArray[np.uint8], detector: str, max_keypoints: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
@@ -182,18 +173,6 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
     return out.astype(np.uint8), owner_a[keep]
 
 
-def _read_gray(path: Path, max_side: int) -> NDArray[np.uint8] | None:
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if img is None:
-        return None
-    side = max(img.shape)
-    if side > max_side:
-        f = max_side / side
-        img = cv2.resize(img, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
-    return img
-
-
 def _pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, rng: np.random.Generator
            ) -> NDArray[np.int64]:
     idx = np.flatnonzero(holdout)
@@ -238,9 +217,10 @@ def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
     next_label = 0
     for i, f in enumerate(files):
         progress("images", i, len(files))
-        img = _read_gray(f, cfg.max_side)
         rel = f.relative_to(folder).as_posix()
-        if img is None:
+        try:
+            img = read_gray(f, cfg.max_side)
+        except UnreadableImageError:
             skipped.append({"path": rel, "reason": "unreadable"})
             continue
         if min(img.shape) < cfg.min_side:
@@ -266,7 +246,7 @@ def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
 
 def config_hash(cfg: PoolConfig) -> str:
     """A short hash of the pool configuration (part of the cache's identity)."""
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(asdict(cfg), sort_keys=True))[:16]
 
 
 def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConfig(), *, overwrite: bool = False,
@@ -276,7 +256,7 @@ def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConf
     folder, out = Path(folder), Path(out)
     start = time.perf_counter()
     files = list_images(folder)
-    source = hashlib.sha256((fingerprint_files(files, folder) + config_hash(cfg)).encode()).hexdigest()
+    source = sha256_hex(fingerprint_files(files, folder) + config_hash(cfg))
     if not overwrite and cache_is_current(out, source):
         return {"path": str(out), "skipped": True, "source_sha256": source}
     ps, skipped = build_pool(folder, cfg, progress)

@@ -7,8 +7,9 @@ commas or newlines) that maps pixel coordinates of image 1 to image k:
 ``[x_k, y_k, w]^T = H_1_k [x_1, y_1, 1]^T``, then divide by w (x right, y down, in pixels).
 Sequences may lack images or homographies (partial sequences); only image 1 is required.
 
-Images are the pixel arrays as stored (OpenCV ``IMREAD_UNCHANGED``, so no EXIF rotation),
-colour converted to RGB (alpha dropped), grayscale kept 2-D, 8-bit only.
+Images are read by :func:`descbal.images.read_image`: the pixel arrays as stored (no EXIF
+rotation, since ``H_1_k`` maps stored pixels), colour converted to RGB (alpha dropped),
+grayscale kept 2-D, 8-bit only.
 
 Cache layout::
 
@@ -28,7 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +45,7 @@ from descbal.data.patchset import (
 )
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
+from descbal.images import read_image
 
 #: Accepted image extensions, in order of preference.
 IMAGE_EXTS: tuple[str, ...] = (".ppm", ".png", ".jpg", ".jpeg")
@@ -108,32 +109,6 @@ def sequence_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
         if m:
             homs[int(m.group(1))] = p
     return dict(sorted(images.items())), dict(sorted(homs.items()))
-
-
-def read_image(path: Path) -> NDArray[np.uint8]:
-    """An image as stored: (H, W, 3) RGB for colour (alpha dropped), (H, W) for gray; uint8.
-
-    Raises:
-        BadInputError: unreadable file or not 8-bit.
-    """
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise BadInputError(f"cannot read image: {e.strerror}", path) from None
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if img is None:
-        raise BadInputError("cannot decode image (not a format OpenCV reads)", path)
-    if img.dtype != np.uint8:
-        raise BadInputError(f"image is {img.dtype}, expected 8-bit", path)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.ndim == 2:
-        return img
-    raise BadInputError(f"unsupported image layout {img.shape}", path)
 
 
 def read_homography(path: Path) -> NDArray[np.float64]:

@@ -5,6 +5,7 @@ geometric change) of textured images; from each, reference patches and 15 target
 point with easy / hard / tough geometric jitter, written in the HPatches release layout (16
 stacked 65-px PNGs per sequence). A baseline descriptor is computed, written as official CSVs,
 task files are generated in the official format, and ``descbal eval hpatches`` scores it.
+Any model spec can be described instead of the baseline (``descbal eval example -m MODEL``).
 It exists so that a fresh install can show the whole evaluation path in seconds.
 """
 
@@ -16,14 +17,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
-from descbal.classical import get_classical
 from descbal.data.hpatches_data import write_patch_release
 from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.eval.hpatches import ProgressFn, evaluate_hpatches
 from descbal.eval.hpatches_io import load_descriptors, write_descriptor_tree
-from descbal.eval.model_eval import describe_hpatches
+from descbal.eval.model_eval import describe_hpatches, patch_descriptor
+from descbal.models.resolve import ModelSpec, resolve_model
 
 PATCH = 65
 SPLIT = "example"
@@ -93,26 +95,32 @@ def make_example_patches(seed: int = 0, num_sequences: int = 6, patches_per_sequ
 
 def run_example(
     out_dir: str | Path,
-    descriptor: str = "sift",
+    model: ModelSpec = "sift",
     seed: int = 0,
     patches_per_sequence: int = 300,
     progress: ProgressFn | None = None,
     describe: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict:
-    """Generate the example, describe it and evaluate it. Returns the evaluation document.
+    """Generate the example, describe it and evaluate it. Returns the evaluation document, with
+    ``descriptor``: the model's display name.
 
     Args:
         out_dir: where ``patches/``, ``descriptors/<name>/`` and ``tasks/`` are written.
-        descriptor: a classical descriptor name (see ``descbal.classical``).
+        model: any model spec (:func:`descbal.models.resolve.resolve_model`): a classical
+            descriptor (default ``sift``), a checkpoint, published weights, an architecture...
         patches_per_sequence: points per sequence (6 sequences).
-        describe: optional custom patch descriptor, (N, 65, 65) uint8 -> (N, D) float32.
+        describe: optional custom patch descriptor, (N, 65, 65) uint8 -> (N, D) float32, used
+            instead of the model's (``model`` then only names it).
+        device: where a network runs (``auto``, ``cpu``, ``cuda``...).
     """
     out_dir = Path(out_dir)
+    resolved = resolve_model(model)
+    fn = describe or patch_descriptor(resolved, device)
     rng = np.random.default_rng(seed + 1)
     seqs = make_example_patches(seed, patches_per_sequence=patches_per_sequence)
     write_patch_release(out_dir / "patches", seqs)
-    fn = describe or get_classical(descriptor)
-    desc_dir = out_dir / "descriptors" / descriptor
+    desc_dir = out_dir / "descriptors" / resolved.name.replace("/", "_")
     write_descriptor_tree(desc_dir, describe_hpatches(seqs, fn))
     tasks = out_dir / "tasks"
     write_splits(tasks, {SPLIT: list(seqs)})
@@ -123,5 +131,5 @@ def run_example(
     loaded = load_descriptors(desc_dir, list(seqs))
     kwargs = {"progress": progress} if progress is not None else {}
     result = evaluate_hpatches(loaded, tasks, SPLIT, **kwargs)
-    result["descriptor"] = descriptor
+    result["descriptor"] = resolved.name
     return result

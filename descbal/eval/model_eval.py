@@ -1,7 +1,9 @@
 """Evaluating a model directly: descriptors computed from cached patches, then the protocols.
 
-Patches are resized to 32x32 exactly as the reference extraction scripts do (OpenCV
-INTER_LINEAR on uint8, replicated bit for bit in ``descbal.models.describe``).
+Models are named as everywhere (:func:`descbal.models.resolve.resolve_model`). Networks see
+patches resized to 32x32 exactly as the reference extraction scripts do (OpenCV INTER_LINEAR
+on uint8, replicated bit for bit in ``descbal.models.describe``); classical descriptors
+(``descbal.classical``) describe the patches at their own size (65x65 HPatches, 64x64 Brown).
 """
 
 from __future__ import annotations
@@ -12,31 +14,51 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
 
 from descbal.classical import get_classical
 from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequence
 from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
+from descbal.devices import resolve_device
 from descbal.errors import BadInputError
 from descbal.eval.brown import evaluate_brown
 from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
 from descbal.models.inference import inference_copy
+from descbal.models.resolve import ModelSpec, resolve_model
+
+PatchDescriptor = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
 
-def evaluate_brown_model(model: nn.Module, patchset: PatchSet, definition: Fpr95Definition = "hardnet",
+def patch_descriptor(model: ModelSpec, device: str | torch.device | None = None) -> PatchDescriptor:
+    """The function describing uint8 patches with ``model`` (any model spec): a classical
+    descriptor's patch form, or the network's inference copy on ``device`` (``auto``, ``cpu``,
+    ``cuda``...; default: where its parameters are) through :func:`describe`.
+
+    Shape of the returned function: (N, H, W) uint8 -> (N, D) float32.
+    """
+    resolved = resolve_model(model)
+    if resolved.classical is not None:
+        return get_classical(resolved.classical)
+    assert resolved.network is not None
+    net = inference_copy(resolved.network, None if device is None else resolve_device(device))  # once for all calls
+    return lambda patches: describe(net, patches)
+
+
+def evaluate_brown_model(model: ModelSpec, patchset: PatchSet, definition: Fpr95Definition = "hardnet",
                          max_pairs: int = 0, device: str | torch.device | None = None) -> dict:
-    """FPR95 of ``model`` on a Brown-schema patch set's pairs (only the patches in pairs are
-    described). ``max_pairs`` > 0 keeps the first pairs only."""
+    """FPR95 of ``model`` (any model spec) on a Brown-schema patch set's pairs (only the patches in
+    pairs are described). ``max_pairs`` > 0 keeps the first pairs only. The result also holds
+    ``model``, the display name."""
     if patchset.pairs is None or len(patchset.pairs) == 0:
         raise BadInputError(f"patch set {patchset.name!r} has no pairs to evaluate")
+    resolved = resolve_model(model)
     pairs = patchset.pairs if max_pairs <= 0 else patchset.pairs[:max_pairs]
     ids, inv = np.unique(pairs[:, :2], return_inverse=True)
-    desc = describe(model, patchset.patches[ids], device=device)
+    desc = patch_descriptor(resolved, device)(patchset.patches[ids])
     inv = inv.reshape(-1, 2)
-    return evaluate_brown(desc, inv[:, 0], inv[:, 1], pairs[:, 2], definition)
+    return {**evaluate_brown(desc, inv[:, 0], inv[:, 1], pairs[:, 2], definition), "model": resolved.name}
 
 
 def load_hpatches_patches(source: str | Path, sequences: Sequence[str]) -> dict[str, NDArray[np.uint8]]:
@@ -58,8 +80,7 @@ def load_hpatches_patches(source: str | Path, sequences: Sequence[str]) -> dict[
     return patches
 
 
-def describe_hpatches(patches: dict[str, NDArray[np.uint8]],
-                      fn: Callable[[NDArray[np.uint8]], NDArray[np.float32]]) -> HPatchesDescriptors:
+def describe_hpatches(patches: dict[str, NDArray[np.uint8]], fn: PatchDescriptor) -> HPatchesDescriptors:
     """Apply a patch descriptor ((N, H, W) uint8 -> (N, D)) to every image type of every sequence."""
     out = {}
     for seq, arr in patches.items():
@@ -67,13 +88,10 @@ def describe_hpatches(patches: dict[str, NDArray[np.uint8]],
     return HPatchesDescriptors(out)
 
 
-def hpatches_descriptors(model: nn.Module | str, source: str | Path, sequences: Sequence[str],
+def hpatches_descriptors(model: ModelSpec, source: str | Path, sequences: Sequence[str],
                          device: str | torch.device | None = None) -> HPatchesDescriptors:
-    """Descriptors of the HPatches patches of ``sequences`` (cache or release folder) by a model,
-    or by a classical descriptor named as in ``descbal.classical`` (e.g. ``"sift"``).
+    """Descriptors of the HPatches patches of ``sequences`` (cache or release folder) by any model
+    spec: a network, or a classical descriptor (e.g. ``"sift"``) on the 65x65 patches.
     Returns sequence -> (16, N, D) float32."""
-    patches = load_hpatches_patches(source, sequences)
-    if isinstance(model, str):
-        return describe_hpatches(patches, get_classical(model))
-    net = inference_copy(model, device)  # once for every sequence
-    return describe_hpatches(patches, lambda p: describe(net, p))
+    fn = patch_descriptor(model, device)  # resolved before the patches are read: a bad name fails first
+    return describe_hpatches(load_hpatches_patches(source, sequences), fn)

@@ -28,11 +28,12 @@ import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
 
 from descbal.data.sequences import list_sequence_folders, read_sequence
 from descbal.errors import BadInputError, DataMissingError
 from descbal.geometry import PatchGeometry, apply_homography
+from descbal.images import to_gray
+from descbal.models.resolve import ModelSpec, resolve_model
 
 THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 HOMOGRAPHY_EPS: tuple[int, ...] = (1, 3, 5)
@@ -74,10 +75,6 @@ def estimate_homography(kp1: NDArray, kpk: NDArray, matches: NDArray[np.int32]) 
     return None if h is None else h.astype(np.float64)
 
 
-def _gray(img: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-
-
 def _split_of(name: str) -> str | None:
     return "illumination" if name.startswith("i_") else "viewpoint" if name.startswith("v_") else None
 
@@ -103,7 +100,7 @@ def summarise(pairs: list[dict[str, Any]], num_features: list[int]) -> dict[str,
     return out
 
 
-def evaluate_sequences(root: str | Path, models: Sequence[str | Path | nn.Module], *, detector: str = "sift",
+def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detector: str = "sift",
                        max_keypoints: int = 2048, geometry: PatchGeometry = PatchGeometry(), ratio: float | None = None,
                        device: str | torch.device = "auto", sequences: Sequence[str] | None = None,
                        names: Sequence[str] | None = None,
@@ -112,9 +109,11 @@ def evaluate_sequences(root: str | Path, models: Sequence[str | Path | nn.Module
 
     Args:
         root: a folder of sequence folders (``<seq>/1.ppm|png .. 6.*``, ``H_1_k``).
-        models: OpenCV descriptor names, model paths or nn.Modules (one result each).
+        models: model specs (:func:`descbal.models.resolve.resolve_model`: paths, published
+            weights, architecture or classical descriptor names, ``NAME=SPEC``, nn.Modules), one
+            result each; all are resolved before any work.
         sequences: only these sequence names (default: all, sorted).
-        names: display names of the models (default: ``str(model)`` or the architecture).
+        names: display names of the models (default: the resolver's display names).
         progress: ``progress(done, total, label)`` per image pair.
 
     Returns:
@@ -144,27 +143,30 @@ def evaluate_sequences(root: str | Path, models: Sequence[str | Path | nn.Module
         raise BadInputError("no sequence folders (sub-folders with 1.ppm, 1.png or 1.jpg)", root)
     if not models:
         raise BadInputError("give at least one model")
+    if names is not None and len(names) != len(models):
+        raise BadInputError(f"{len(names)} names for {len(models)} models")
+    resolved = [resolve_model(m, name=None if names is None else names[i]) for i, m in enumerate(models)]
     progress = progress or (lambda done, total, label: None)
     seqs = [read_sequence(f) for f in folders]
     total = sum(len([k for k in s.homographies if k in s.image_ids]) for s in seqs) * len(models)
     done = 0
     results = []
-    for mi, model in enumerate(models):
+    for model in resolved:
         t0 = time.perf_counter()
         ext = FeatureExtractor(model, detector, max_keypoints, geometry, device)
-        label = names[mi] if names else (str(model) if not isinstance(model, nn.Module) else getattr(model, "arch", "model"))
+        label = model.name
         pairs: list[dict[str, Any]] = []
         n_feats: list[int] = []
         for seq in seqs:
             split = _split_of(seq.name)
-            img1 = _gray(seq.image(1))
+            img1 = to_gray(seq.image(1))
             f1 = ext(img1)
             n_feats.append(len(f1))
             h1, w1 = img1.shape
             for k in sorted(seq.homographies):
                 if k not in seq.image_ids or k == 1:
                     continue
-                fk = ext(_gray(seq.image(k)))
+                fk = ext(to_gray(seq.image(k)))
                 n_feats.append(len(fk))
                 m, _ = _match(f1.descriptors, fk.descriptors, ratio, ext.device)
                 errs = reprojection_errors(f1.keypoints, fk.keypoints, m, seq.homographies[k])
@@ -205,16 +207,26 @@ def _text(img: NDArray, s: str, org: tuple[int, int], scale: float = 0.5, colour
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
 
 
+def plotted_splits(result: dict[str, Any]) -> list[str]:
+    """The splits (of Overall, Illumination, Viewpoint) for which some model has an MMA curve;
+    ``["overall"]`` when none has (an empty panel then says so)."""
+    have = [s for s in SPLITS if any(m["mma"].get(s) is not None for m in result["models"])]
+    return have or ["overall"]
+
+
 def render_mma(result: dict[str, Any], panel: tuple[int, int] = (420, 360)) -> NDArray[np.uint8]:
-    """An image (BGR) of MMA against threshold: panels Overall, Illumination, Viewpoint, one
-    line per model, legend below. Shape: -> (H, W, 3) uint8."""
+    """An image (BGR) of MMA against threshold: one panel per split with data
+    (:func:`plotted_splits`: Overall, then Illumination and Viewpoint when there are such
+    sequences), one line per model, legend below with the models' display names.
+    Shape: -> (H, n_panels * panel width, 3) uint8."""
     pw, ph = panel
     ml, mr, mt, mb = 60, 22, 40, 45
     models = result["models"]
     legend_h = 24 * len(models) + 10
-    img = np.full((ph + legend_h, 3 * pw, 3), 255, np.uint8)
+    splits = plotted_splits(result)
+    img = np.full((ph + legend_h, len(splits) * pw, 3), 255, np.uint8)
     th = result["thresholds"]
-    for pi, split in enumerate(SPLITS):
+    for pi, split in enumerate(splits):
         x0 = pi * pw
         left, right, top, bottom = x0 + ml, x0 + pw - mr, mt, ph - mb
 

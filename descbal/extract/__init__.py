@@ -10,7 +10,7 @@ from descbal.extract.describers import (
     register_keypoint_descriptor,
 )
 from descbal.extract.detectors import DETECTORS, Keypoints, detect, register_detector
-from descbal.extract.pipeline import ExtractConfig, FeatureExtractor, extract_folder, read_gray
+from descbal.extract.pipeline import ExtractConfig, FeatureExtractor, extract_folder
 from descbal.extract.sampling import Pyramid, image_pyramid, sample_affine_patches, sample_patches
 from descbal.extract.writers import WRITERS, Features, list_features, open_writer
 
@@ -31,7 +31,6 @@ __all__ = [
     "list_features",
     "load_describer",
     "open_writer",
-    "read_gray",
     "register_detector",
     "register_keypoint_descriptor",
     "sample_affine_patches",

@@ -9,15 +9,14 @@
   become OpenCV keypoints (size kind, angle unit and sign, pixel origin, upright); ``mag`` does
   not apply (OpenCV's SIFT window is about 5.3 x the keypoint size in radius).
 
-:func:`load_describer` turns a ``--model`` value into one of them. A new OpenCV descriptor is one
+:func:`load_describer` turns a ``--model`` value (resolved by
+:func:`descbal.models.resolve.resolve_model`) into one of them. A new OpenCV descriptor is one
 function plus one ``@register_keypoint_descriptor`` line.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -26,11 +25,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from descbal.errors import BadInputError, DataMissingError
+from descbal.devices import resolve_device
+from descbal.errors import BadInputError
 from descbal.extract.detectors import Keypoints
 from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry
 from descbal.models.inference import inference_copy, prepare_input
+from descbal.models.resolve import ModelSpec, resolve_model
 
 PATCH_SIZE = 32
 
@@ -44,15 +45,6 @@ class Describer(Protocol):
         """``(descriptors (M, D) float32, kept (M,) indices into kps)``; M < N only when the
         descriptor drops keypoints (OpenCV may)."""
         ...
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class NetworkDescriber:
@@ -73,7 +65,7 @@ class NetworkDescriber:
 
     def __init__(self, model: nn.Module, geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "cpu",
                  batch_size: int = 1024, provenance: dict[str, Any] | None = None, bf16: bool = False) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = inference_copy(model, self.device)
         self.geometry = geometry
         self.batch_size = batch_size
@@ -119,15 +111,16 @@ def register_keypoint_descriptor(name: str) -> Callable[[KeypointDescriptor], Ke
 
 
 @register_keypoint_descriptor("sift")
-def _sift(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
-    """OpenCV SIFT (entries up to 255, L2 norm about 512)."""
+def sift_keypoint_descriptor(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
+    """OpenCV SIFT computed at the given OpenCV keypoints (entries up to 255, L2 norm about 512);
+    :func:`descbal.classical.sift_patch_descriptor` is SIFT at the centre of ready patches."""
     return cv2.SIFT_create().compute(image, kps)
 
 
 @register_keypoint_descriptor("rootsift")
-def _rootsift(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
+def rootsift_keypoint_descriptor(image: NDArray[np.uint8], kps: list) -> tuple[list, NDArray[np.float32] | None]:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalised SIFT, square-rooted (unit L2)."""
-    kept, d = _sift(image, kps)
+    kept, d = sift_keypoint_descriptor(image, kps)
     if d is None:
         return kept, d
     d = d.astype(np.float64)
@@ -172,41 +165,33 @@ class OpenCVDescriber:
         return np.asarray(desc, dtype=np.float32), idx
 
 
-def load_describer(model: str | Path | nn.Module, geometry: PatchGeometry = PatchGeometry(),
+def load_describer(model: ModelSpec, geometry: PatchGeometry = PatchGeometry(),
                    device: str | torch.device = "cpu", batch_size: int = 1024,
                    bf16: bool = False) -> NetworkDescriber | OpenCVDescriber:
-    """A describer from a ``--model`` value.
+    """A describer from a ``--model`` value (:func:`descbal.models.resolve.resolve_model`: a
+    checkpoint, run folder or published weights, an architecture name, a classical descriptor,
+    ``NAME=`` any of these, an nn.Module or a resolved model).
 
-    ``model`` is an nn.Module, the name of an OpenCV descriptor (``sift``, ``rootsift``; a file
-    of that name takes precedence), or a descbal checkpoint / run folder / published weights
-    file (:func:`descbal.models.load`). The provenance records the model, its architecture and
-    the SHA-256 of the weights file. ``bf16`` applies to networks (see :class:`NetworkDescriber`).
+    The provenance records the display name (``model``), ``kind`` (``network`` or ``opencv``),
+    ``model_kind``, the architecture, the weights file (``source``) and its SHA-256. ``bf16``
+    applies to networks (see :class:`NetworkDescriber`).
 
     Raises:
-        DataMissingError: no such file and not a descriptor name.
-        BadInputError: a file that is not usable weights, or ``bf16`` with an OpenCV descriptor.
+        DataMissingError: a model path that does not exist.
+        BadInputError: an unknown name, a file that is not usable weights, a classical
+            descriptor without a keypoint form, or ``bf16`` with an OpenCV descriptor.
     """
-    if isinstance(model, nn.Module):
-        return NetworkDescriber(model, geometry, device, batch_size,
-                                {"model": getattr(model, "arch", type(model).__name__), "kind": "network",
-                                 "arch": getattr(model, "arch", None), "weights_sha256": None}, bf16)
-    text = str(model)
-    if text in KEYPOINT_DESCRIPTORS and not Path(text).exists():
+    resolved = resolve_model(model)
+    if resolved.classical is not None:
         if bf16:
-            raise BadInputError(f"--bf16 applies to networks, not to the OpenCV descriptor {text!r}")
-        return OpenCVDescriber(text, geometry)
-    from descbal.models import load
-    from descbal.models.checkpoint import resolve_path
-
-    path = Path(text)
-    if not path.exists():
-        names = ", ".join(KEYPOINT_DESCRIPTORS)
-        raise DataMissingError(f"model not found (give a checkpoint, run folder, weights file or one of: {names})", path)
-    net = load(path)
-    try:
-        sha = sha256_file(resolve_path(path))
-    except OSError as e:
-        raise BadInputError(f"cannot read weights ({e})", path) from None
-    prov = {"model": str(path), "kind": "network", "arch": getattr(net, "arch", None), "weights_sha256": sha,
-            "input_scale": float(getattr(net, "input_scale", 1.0))}
+            raise BadInputError(f"--bf16 applies to networks, not to the OpenCV descriptor {resolved.classical!r}")
+        if resolved.classical not in KEYPOINT_DESCRIPTORS:
+            raise BadInputError(f"classical descriptor {resolved.classical!r} has no keypoint form; choose from "
+                                f"{', '.join(KEYPOINT_DESCRIPTORS)}")
+        describer = OpenCVDescriber(resolved.classical, geometry)
+        describer.provenance = {**describer.provenance, "model": resolved.name, "model_kind": resolved.kind}
+        return describer
+    assert resolved.network is not None
+    net = resolved.network
+    prov = {**resolved.provenance(), "kind": "network", "input_scale": float(getattr(net, "input_scale", 1.0))}
     return NetworkDescriber(net, geometry, device, batch_size, prov, bf16)

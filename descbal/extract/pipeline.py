@@ -18,13 +18,14 @@ import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
 
 from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
 from descbal.extract.detectors import DETECTORS, detect
 from descbal.extract.writers import Features, open_writer
 from descbal.geometry import PatchGeometry
+from descbal.images import UnreadableImageError, list_images, read_gray
+from descbal.models.resolve import ModelSpec
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, name)
 
@@ -33,7 +34,7 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, name)
 class ExtractConfig:
     """Extraction settings; the CLI's defaults are these."""
 
-    model: str = "sift"  # checkpoint, run folder, published weights, or an OpenCV descriptor name
+    model: str = "sift"  # any model spec (descbal.models.resolve): path, architecture, sift/rootsift, NAME=...
     detector: str = "sift"  # a name in descbal.extract.detectors.DETECTORS
     max_keypoints: int = 2048  # per image, strongest by response; 0 keeps all
     geometry: PatchGeometry = field(default_factory=PatchGeometry)  # keypoint -> patch conventions
@@ -47,8 +48,9 @@ class FeatureExtractor:
     """Keypoints and descriptors of gray images.
 
     Args:
-        model: an nn.Module, an OpenCV descriptor name (``sift``, ``rootsift``) or a model path
-            (see :func:`descbal.extract.describers.load_describer`).
+        model: any model spec (:func:`descbal.models.resolve.resolve_model`: a checkpoint, run
+            folder or published weights, an architecture or OpenCV descriptor name, ``NAME=``
+            any of these, an nn.Module or a resolved model).
         detector: a registered detector name.
         max_keypoints: keep the strongest by response (0: all).
         geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
@@ -56,7 +58,7 @@ class FeatureExtractor:
         bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
     """
 
-    def __init__(self, model: str | Path | nn.Module = "sift", detector: str = "sift", max_keypoints: int = 2048,
+    def __init__(self, model: ModelSpec = "sift", detector: str = "sift", max_keypoints: int = 2048,
                  geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
                  batch_size: int = 1024, bf16: bool = False) -> None:
         if detector not in DETECTORS:
@@ -97,28 +99,11 @@ class FeatureExtractor:
                         oris=ori.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
 
 
-def read_gray(path: Path) -> NDArray[np.uint8]:
-    """An image file as gray uint8 (OpenCV IMREAD_GRAYSCALE, as hloc reads it).
-
-    Raises:
-        ValueError: empty or undecodable file (the message is the reason).
-    """
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise ValueError("unreadable (not an image OpenCV decodes)")
-    if img.size == 0:
-        raise ValueError("empty image")
-    return img
-
-
 def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:
     try:
         return path, read_gray(path), None
-    except (ValueError, OSError) as e:
-        return path, None, str(e)
+    except UnreadableImageError as e:
+        return path, None, e.reason
 
 
 def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig = ExtractConfig(), *, fmt: str = "hloc",
@@ -138,7 +123,6 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
         BadInputError: ``out`` holds features of a different extraction (model, geometry...).
     """
     from descbal.data.patchset import prefetch
-    from descbal.data.selfsup import list_images
     from descbal.errors import DataMissingError
 
     t0 = time.perf_counter()

@@ -102,10 +102,20 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a model from a descbal checkpoint or run folder, or a published state dict.
 
     The model comes back in training mode (call ``.eval()`` to describe patches); its
-    ``input_scale`` attribute is the multiplier for uint8 intensities.
+    ``input_scale`` attribute is the multiplier for uint8 intensities. To name a model from the
+    command line (paths, classical descriptors, architectures) use
+    :func:`descbal.models.resolve.resolve_model`.
     """
-    obj = read_checkpoint(path)
-    if obj.get("descbal_format") is not None:
+    return load_weights(path)[0]
+
+
+def load_weights(path: str | Path) -> tuple[nn.Module, Path, bool]:
+    """:func:`load`, also returning the file read (:func:`resolve_path`) and whether it is a
+    descbal checkpoint (False: published weights recognised by their keys)."""
+    file = resolve_path(path)
+    obj = read_checkpoint(file)
+    is_descbal = obj.get("descbal_format") is not None
+    if is_descbal:
         if obj["descbal_format"] > FORMAT:
             raise BadInputError(f"checkpoint format {obj['descbal_format']} is newer than this descbal", path)
         try:
@@ -133,4 +143,4 @@ def load(path: str | Path) -> nn.Module:
         raise BadInputError(f"weights do not fit {model.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}", path)
     if scale is not None:
         model.input_scale = float(scale)  # type: ignore[assignment]
-    return model
+    return model, file, is_descbal
