@@ -2,7 +2,7 @@
 
 ``"self"`` is Self-TNet's (self-tnet.md §3.1): the student network itself in eval mode
 (BatchNorm running statistics, no dropout); a path is a frozen external model
-(``descbal.models.load``). The trainer calls ``teacher(model, x)`` before the student pass.
+(through the one model resolver, ``descbal.models.resolve_model``). The trainer calls ``teacher(model, x)`` before the student pass.
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ class FrozenTeacher(Teacher):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        from descbal.models import load
+        from descbal.models import resolve_model
 
         if not Path(path).exists():
             raise ValueError(f"teacher must be 'self', 'none' or a model path; {path!r} does not exist")
-        net = load(path).eval()
+        net = resolve_model(path).network
+        if net is None:
+            raise ValueError(f"teacher {path!r} is not a network")
+        net = net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "_net", net)  # kept out of state_dict and parameters()

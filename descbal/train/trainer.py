@@ -128,11 +128,12 @@ class Trainer:
         self._enter_phase()
 
     def _init_from(self, path: str) -> None:
-        from descbal.models import load
+        from descbal.models import resolve_model
 
-        src = load(path)
+        src = resolve_model(path).network
         if type(src) is not type(self.model):
-            raise BadInputError(f"model.init holds a {src.arch}, the run trains a {self.model.arch}", path)
+            got = "no network" if src is None else f"a {src.arch}"
+            raise BadInputError(f"model.init holds {got}, the run trains a {self.model.arch}", path)
         self.model.load_state_dict(src.state_dict())
 
     def _enter_phase(self) -> None:
