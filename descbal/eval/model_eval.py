@@ -19,7 +19,7 @@ from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequen
 from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
 from descbal.errors import BadInputError
-from descbal.eval.brown import evaluate_brown
+from descbal.eval.brown import BrownResult, evaluate_brown
 from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
@@ -27,7 +27,7 @@ from descbal.models.inference import inference_copy
 
 
 def evaluate_brown_model(model: nn.Module, patchset: PatchSet, definition: Fpr95Definition = "hardnet",
-                         max_pairs: int = 0, device: str | torch.device | None = None) -> dict:
+                         max_pairs: int = 0, device: str | torch.device | None = None) -> BrownResult:
     """FPR95 of ``model`` on a Brown-schema patch set's pairs (only the patches in pairs are
     described). ``max_pairs`` > 0 keeps the first pairs only."""
     if patchset.pairs is None or len(patchset.pairs) == 0:
