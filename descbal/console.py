@@ -179,7 +179,8 @@ def progress_reporter(quiet: bool = False, unit: Unit = "items", every: float = 
         with _rich_bars(unit) as bars:
             yield bars
     else:
-        yield LogProgress(lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True), every, unit)
+        yield LogProgress(lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True), every, unit,
+                          monotonic)
 
 
 @contextlib.contextmanager
