@@ -53,7 +53,8 @@ def method_configs(steps: int, classes: int, anneal_frac: float, device: str) ->
         **{k: common + v for k, v in seed_method_overrides(steps).items()},
         "balance + annealing": [f"loop.classes_per_batch={classes}", f"loop.device={device}", "loop.epochs=4",
                                 f"loop.iters_per_epoch={an_main}", "phases.anneal.enabled=true",
-                                f"phases.anneal.cycles.start_batch={classes + step}", f"phases.anneal.cycles.min_batch={classes + step - cycles * step}",
+                                f"phases.anneal.cycles.start_batch={classes + step}",
+                                f"phases.anneal.cycles.min_batch={classes + step - cycles * step}",
                                 f"phases.anneal.cycles.step={step}", f"phases.anneal.cycles.iters={per_cycle}"],
     }
 
@@ -73,7 +74,7 @@ def main() -> None:
     pool_path = args.work / "pool.h5"
     info = cache_images(args.images, pool_path, PoolConfig())
     pool = load_patchset(pool_path)
-    print(f"pool: {len(pool)} patches, {pool.num_pairs} held-out pairs ({'cached' if info['skipped'] else 'built'})",
+    print(f"pool: {len(pool)} patches, {pool.num_pairs} held-out pairs ({'cached' if info.skipped else 'built'})",
           file=sys.stderr)
     bench = args.work / "benchmark"
     if not (bench / "tasks" / "splits" / "splits.json").is_file():
@@ -82,7 +83,7 @@ def main() -> None:
     def score(model) -> tuple[float, dict[str, float]]:
         seqs = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
         desc = hpatches_descriptors(model, bench / "patches", seqs, device=args.device)
-        return evaluate_brown_model(model, pool)["fpr95"], evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
+        return evaluate_brown_model(model, pool).fpr95, evaluate_hpatches(desc, bench / "tasks", "full").headline
 
     rows = []
     torch.manual_seed(211)

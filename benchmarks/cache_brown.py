@@ -134,16 +134,16 @@ def main() -> None:
 
     evict(inputs + ([out] if out.exists() else []))
     cold = cache_brown("liberty", args.work, raw=raw, out=out, overwrite=True)
-    rows.append(("cache_brown, raw files not in page cache", cold["seconds"], cold["num_patches"]))
+    rows.append(("cache_brown, raw files not in page cache", cold.seconds, cold.num_patches))
     os.sync()
     warm = cache_brown("liberty", args.work, raw=raw, out=out, overwrite=True)
-    rows.append(("cache_brown, raw files in page cache", warm["seconds"], warm["num_patches"]))
+    rows.append(("cache_brown, raw files in page cache", warm.seconds, warm.num_patches))
     os.sync()
     t = time.perf_counter()
     read_brown_folder(raw)
     rows.append(("  of which read_brown_folder (no write)", time.perf_counter() - t, NUM_PATCHES))
     skip = cache_brown("liberty", args.work, raw=raw, out=out)
-    assert skip["skipped"]
+    assert skip.skipped
     t = time.perf_counter()
     ps = load_patchset(out)
     load_s = time.perf_counter() - t
@@ -156,19 +156,19 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
     print(f"\nBrown cache, liberty-sized case: {NUM_PATCHES:,} patches, {n_tiles} tiles, "
-          f"{warm['num_pairs']:,} pairs; {os.cpu_count()} CPU cores")
+          f"{warm.num_pairs:,} pairs; {os.cpu_count()} CPU cores")
     print(f"{'step':<42}{'seconds':>9}{'patches/s':>12}{'speed-up':>10}")
     for name, s, n in rows:
         speedup = f"{base_total / s:>9.1f}x" if not name.startswith("load") else ""
         print(f"{name:<42}{s:>9.2f}{n / s:>12,.0f}{speedup}")
-    print(f"{'idempotent re-run (skipped)':<42}{skip['seconds']:>9.3f}")
+    print(f"{'idempotent re-run (skipped)':<42}{skip.seconds:>9.3f}")
     print(f"{'baseline (per-patch loop, no write)':<42}{base_total:>9.1f}{NUM_PATCHES / base_total:>12,.0f}{1.0:>9.1f}x")
     print(f"  baseline reader: {b['reader']}")
     print(f"  baseline timed on {b['tiles']} of {n_tiles} tiles ({b['tile_seconds']:.2f} s) and extrapolated "
           f"linearly; + {b['text_seconds']:.2f} s parsing info.txt and pairs in full; no file written")
     print(f"baseline patches identical to the cache's first {len(b['patches']):,}: {same}")
     print(f"peak RSS {rss:.2f} GiB")
-    worst = max(warm["seconds"], cold["seconds"])
+    worst = max(warm.seconds, cold.seconds)
     print(f"target cache_brown <= 60 s on 2 cores: {'met' if worst <= 60 else 'NOT met'} ({worst:.1f} s worst case); "
           f"load_patchset <= 5 s: {'met' if load_s <= 5 else 'NOT met'} ({load_s:.2f} s)")
 

@@ -203,8 +203,8 @@ def baseline(work: Path, fraction: float = 0.01, match_seqs: int = 4) -> dict:
     for kind, rows in (("retr_queries", queries), ("retr_distractors", distractors)):
         with open(st / f"{kind}_split-a.csv", "w") as f:
             f.write("s,idx\n" + "".join(f"{a},{b}\n" for a, b in rows))
-    ours = evaluate_hpatches(desc_obj, st, "a", ("verification", "retrieval"))
-    ours_m = evaluate_hpatches(desc_obj, st, "m", ("matching",))
+    ours = evaluate_hpatches(desc_obj, st, "a", ("verification", "retrieval")).to_json()
+    ours_m = evaluate_hpatches(desc_obj, st, "m", ("matching",)).to_json()
     diff_v = max(abs(ours["verification"][n][k][m] - base_res["verification"][n][k][m])
                  for n in "eht" for k in ("intra", "inter") for m in ("balanced_auc", "imbalanced_ap"))
     diff_m = max(max(abs(a["ap"] - b["ap"]), abs(a["sr"] - b["sr"]))

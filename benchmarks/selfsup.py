@@ -181,7 +181,7 @@ def main() -> None:
         pool_path = args.work / f"pool-{pool_name}.h5"
         t0 = time.perf_counter()
         summary = cache_images(DATA / "train-pool", pool_path, pool_cfg)
-        pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.get("num_patches"),
+        pools_used[pool_name] = {"config": asdict(pool_cfg), "patches": summary.num_patches,
                                  "seconds": time.perf_counter() - t0}
         pool = load_patchset(pool_path)  # once for every loss trained on it
         if not args.no_baselines and pool_name == pool_names[0]:
@@ -197,25 +197,25 @@ def main() -> None:
     mags = args.mag or [PatchGeometry().mag, 8.0]
     seqs = evaluate_sequences(DATA / "hpatches-sequences", list(models.values()), names=list(models),
                               max_keypoints=args.max_keypoints, device=dev, geometry=PatchGeometry(mag=mags[0]))
-    mma3 = {m["name"]: {str(mags[0]): m["mma"]["overall"][2]} for m in seqs["models"]}
+    mma3 = {m["name"]: {str(mags[0]): m["mma"]["overall"][2]} for m in seqs.models}
     networks = {k: v for k, v in models.items() if v != "sift"}  # OpenCV's descriptor has its own region
     for mag in mags[1:]:
         res = evaluate_sequences(DATA / "hpatches-sequences", list(networks.values()), names=list(networks),
                                  max_keypoints=args.max_keypoints, device=dev, geometry=PatchGeometry(mag=mag))
-        for m in res["models"]:
+        for m in res.models:
             mma3[m["name"]][str(mag)] = m["mma"]["overall"][2]
     for label in models.keys() - networks.keys():
         mma3[label] |= {str(mag): mma3[label][str(mags[0])] for mag in mags[1:]}
     rows = []
     split_names = sorted(p.name for p in (bench / "patches").iterdir() if p.is_dir())
-    for (label, m), res in zip(models.items(), seqs["models"], strict=True):
+    for (label, m), res in zip(models.items(), seqs.models, strict=True):
         desc = hpatches_descriptors(m, bench / "patches", split_names, device=dev)
-        head = evaluate_hpatches(desc, bench / "tasks", "full")["headline"]
+        head = evaluate_hpatches(desc, bench / "tasks", "full").headline
         rows.append({"label": label, "trained": label.startswith("HyNet ") and "untrained" not in label,
                      "mma": res["mma"]["overall"], "h3": res["homography_accuracy"]["overall"]["3"],
                      "matches": res["num_matches"]["overall"], **head,
                      "mma3_by_mag": mma3[label]})
-    print(f"\nSelf-supervised training on {DATA / 'train-pool'}; evaluation on {', '.join(seqs['sequences'])} "
+    print(f"\nSelf-supervised training on {DATA / 'train-pool'}; evaluation on {', '.join(seqs.sequences)} "
           f"({dev})")
     print_table(rows)
     if args.json:

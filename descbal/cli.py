@@ -8,7 +8,6 @@ Data go to stdout (``--json -``); tables, logs and progress to stderr. Exit code
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from collections.abc import Callable
 from enum import Enum
@@ -91,14 +90,6 @@ class FprDef(str, Enum):
     hynet = "hynet"
 
 
-def _print_tables(tables: list, quiet: bool) -> None:
-    from descbal.console import stderr
-
-    if not quiet:
-        for t in tables:
-            stderr.print(t)
-
-
 @eval_app.command("hpatches")
 @handle_errors
 def eval_hpatches(
@@ -121,11 +112,11 @@ def eval_hpatches(
     quiet: QuietOpt = False,
 ) -> None:
     """HPatches verification / matching / retrieval, exactly the official Python protocol."""
-    from descbal.console import emit_json, task_progress
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.errors import BadInputError
     from descbal.eval.hpatches import TASKS, evaluate_hpatches
     from descbal.eval.hpatches_io import get_split, load_descriptors
-    from descbal.eval.report import hpatches_tables
+    from descbal.report import hpatches_tables
 
     if (model is None) == (descriptors is None):
         raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
@@ -148,12 +139,12 @@ def eval_hpatches(
     else:
         desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
     chosen = [t.value for t in task] if task else list(TASKS)
-    with task_progress(quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = evaluate_hpatches(desc, tasks, split, chosen, dist.value, progress=progress)
     if model is not None:
-        result["model"] = resolved.name
-    _print_tables(hpatches_tables(result), quiet)
-    emit_json(result, json_out)
+        result.model = resolved.name
+    show(hpatches_tables(result), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 @eval_app.command("brown")
@@ -170,10 +161,10 @@ def eval_brown(
     quiet: QuietOpt = False,
 ) -> None:
     """Brown / UBC PhotoTour FPR at 95 % recall: --pairs + --descriptors, or --model + --data."""
-    from descbal.console import emit_json
+    from descbal.console import emit_json, show
     from descbal.errors import BadInputError
     from descbal.eval.brown import evaluate_brown, load_patch_descriptors, read_pairs
-    from descbal.eval.report import brown_table
+    from descbal.report import brown_table
 
     if model is not None:
         if data is None or pairs is not None or descriptors is not None:
@@ -187,8 +178,8 @@ def eval_brown(
             raise BadInputError("give --pairs and --descriptors, or --model and --data")
         id1, id2, labels = read_pairs(pairs)
         result = evaluate_brown(load_patch_descriptors(descriptors), id1, id2, labels, definition.value, source=pairs)
-    _print_tables([brown_table(result)], quiet)
-    emit_json(result, json_out)
+    show([brown_table(result)], quiet)
+    emit_json(result.to_json(), json_out)
 
 
 @eval_app.command("example")
@@ -202,18 +193,16 @@ def eval_example(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a small HPatches-style example, describe it (SIFT by default), evaluate it."""
-    from descbal.console import emit_json, stderr, task_progress
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.eval.example import run_example
-    from descbal.eval.report import hpatches_tables
+    from descbal.report import example_report
 
     with tempfile.TemporaryDirectory(prefix="descbal-example-") as tmp:
         where = out if out is not None else Path(tmp)
-        with task_progress(quiet) as progress:
+        with progress_reporter(quiet) as progress:
             result = run_example(where, model=model, seed=seed, progress=progress, device=device)
-        _print_tables(hpatches_tables(result), quiet)
-        if out is not None and not quiet:
-            stderr.print(f"example written to {out} (patches/, descriptors/{result['descriptor']}/, tasks/)")
-    emit_json(result, json_out)
+        show(example_report(result, out), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 # choices from descbal.geometry, so the CLI cannot drift from what PatchGeometry accepts
@@ -289,7 +278,7 @@ def extract_cmd(
 
     Resumable: images already in --out are skipped. Exit code 1 when some image failed.
     """
-    from descbal.console import emit_json, stderr
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.errors import BadInputError
 
     if list_file is not None:
@@ -306,7 +295,7 @@ def extract_cmd(
         raise BadInputError("usage: descbal extract IMAGES_DIR --model MODEL --out FILE (or --list FILE)")
     from descbal.extract.detectors import DETECTORS
     from descbal.extract.pipeline import ExtractConfig, extract_folder
-    from descbal.extract.progress import image_progress
+    from descbal.report import extract_report
 
     if detector not in DETECTORS:
         raise BadInputError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
@@ -315,16 +304,11 @@ def extract_cmd(
     cfg = ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints,
                         geometry=_geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright),
                         device=device, batch_size=batch_size, half=half, bf16=bf16)
-    with image_progress("images", quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = extract_folder(images_dir, out, cfg, fmt=fmt.value, overwrite=overwrite, progress=progress)
-    if not quiet:
-        for f in result["failed"]:
-            stderr.print(f"[yellow]skipped[/yellow] {f['name']}: {f['reason']}", markup=True, soft_wrap=True)
-        stderr.print(f"{out}: {result['extracted']} image(s) extracted ({result['num_keypoints']} keypoints, "
-                     f"{result['images_per_s']:.1f} images/s), {result['skipped_existing']} already there, "
-                     f"{len(result['failed'])} failed", soft_wrap=True)
-    emit_json(result, json_out)
-    if result["failed"]:
+    show(extract_report(result), quiet)
+    emit_json(result.to_json(), json_out)
+    if result.failed:
         raise typer.Exit(1)
 
 
@@ -352,29 +336,17 @@ class Part(str, Enum):
 
 def _run_fetch(files: list, root: Path | None, mirror: list[str] | None, checksum: str | None, from_file: Path | None,
                keep_archive: bool, timeout: float, json_out: str | None, quiet: bool) -> None:
-    from rich.table import Table
-
-    from descbal.console import byte_progress, emit_json, stderr
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.data.download import fetch
     from descbal.data.paths import default_root
+    from descbal.report import download_report
 
     root = root if root is not None else default_root()
-    with byte_progress(quiet) as progress:
-        results = fetch(files, root, extra_mirrors=mirror or (), checksum=checksum, from_file=from_file,
-                        keep_archive=keep_archive, progress=progress, timeout=timeout)
-    if not quiet:
-        t = Table(title=f"Downloads under {root}")
-        for col in ("file", "status", "size (MB)", "sha256"):
-            t.add_column(col)
-        for r in results:
-            status = "already downloaded" if r["skipped"] else ("resumed, verified" if r["resumed"] else "downloaded")
-            if not r.get("verified", True):
-                status += " (no known checksum: recorded in manifest.json)"
-            t.add_row(r["key"], status, f"{r['size'] / 1e6:.1f}", r["sha256"][:16] + "...")
-        stderr.print(t)
-        if all(r["skipped"] for r in results):
-            stderr.print("Everything was already downloaded; nothing to do.")
-    emit_json({"root": str(root), "files": results}, json_out)
+    with progress_reporter(quiet, unit="bytes") as progress:
+        report = fetch(files, root, extra_mirrors=mirror or (), checksum=checksum, from_file=from_file,
+                       keep_archive=keep_archive, progress=progress, timeout=timeout)
+    show(download_report(report), quiet)
+    emit_json(report.to_json(), json_out)
 
 
 @download_app.command("brown")
@@ -410,14 +382,13 @@ app.add_typer(cache_app, name="cache")
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Rebuild even if an up-to-date cache exists.")]
 
 
-def _report_cache(results: list[dict], json_out: str | None, quiet: bool) -> None:
-    from descbal.console import emit_json, stderr
+def _report_cache(results: list[Any], json_out: str | None, quiet: bool) -> None:
+    from descbal.console import emit_json, show
+    from descbal.report import cache_report
 
-    if not quiet:
-        for r in results:
-            what = "up to date, skipped" if r.get("skipped") else f"written in {r.get('seconds', 0):.1f} s"
-            stderr.print(f"{r['path']}: {what}")
-    emit_json(results if len(results) != 1 else results[0], json_out)
+    show(cache_report(results), quiet)
+    docs = [r.to_json() for r in results]
+    emit_json(docs if len(docs) != 1 else docs[0], json_out)
 
 
 @cache_app.command("brown")
@@ -427,23 +398,13 @@ def cache_brown_cmd(
     root: RootOpt = None, overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Brown raw folders (ROOT/brown/NAME) into ROOT/brown/NAME.h5 (patches, labels, pairs)."""
-    from descbal.console import task_progress
-    from descbal.data.brown import cache_brown
+    from descbal.console import progress_reporter
+    from descbal.data.brown import cache_brown_sets
     from descbal.data.paths import default_root
-    from descbal.data.sources import BROWN_NAMES, brown_files
-    from descbal.errors import DataMissingError
 
     root = root if root is not None else default_root()
-    if names == ["all"]:
-        chosen = [n for n in BROWN_NAMES if (root / "brown" / n).is_dir()]
-        if not chosen:
-            raise DataMissingError("no downloaded Brown set under brown/; run 'descbal download brown' first", root)
-    else:
-        chosen = [f.key.split("/", 1)[1] for f in brown_files(names)]
-    results = []
-    with task_progress(quiet) as progress:
-        for name in chosen:
-            results.append(cache_brown(name, root, overwrite=overwrite, progress=progress))
+    with progress_reporter(quiet) as progress:
+        results = cache_brown_sets(names, root, overwrite=overwrite, progress=progress)
     _report_cache(results, json_out, quiet)
 
 
@@ -455,12 +416,12 @@ def cache_hpatches_cmd(
     overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """The HPatches patches release into one HDF5 file; task files copied beside it."""
-    from descbal.console import task_progress
+    from descbal.console import progress_reporter
     from descbal.data.hpatches_data import cache_hpatches
     from descbal.data.paths import default_root
 
     root = root if root is not None else default_root()
-    with task_progress(quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = cache_hpatches(root, out=out, overwrite=overwrite, progress=progress)
     _report_cache([result], json_out, quiet)
 
@@ -473,10 +434,10 @@ def cache_sequences_cmd(
     overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Image sequences with homographies into one HDF5 file."""
-    from descbal.console import task_progress
+    from descbal.console import progress_reporter
     from descbal.data.sequences import cache_sequences
 
-    with task_progress(quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = cache_sequences(src, out, overwrite=overwrite, progress=progress)
     _report_cache([result], json_out, quiet)
 
@@ -501,11 +462,11 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a descriptor. Precedence: defaults < --recipe < --config < --set < --data/--val."""
-    from descbal.config import load_config
-    from descbal.console import emit_json, stderr, train_progress
+    from descbal.console import emit_json, show, stderr, train_progress
     from descbal.errors import BadInputError
     from descbal.recipes import recipe_names, recipe_text
-    from descbal.train.config import RunConfig
+    from descbal.report import train_report, train_start_line
+    from descbal.run_config import resolve_run_config
     from descbal.train.trainer import resume_run, start_run
 
     if list_recipes:
@@ -522,27 +483,15 @@ def train_cmd(
     else:
         if out is None:
             raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        sources: list = ([recipe_text(recipe)] if recipe else []) + ([config] if config else [])
-        overrides = list(set_ or [])
-        if data is not None:
-            overrides.append(f"data.train={json.dumps(str(data.resolve()))}")  # a TOML basic string
-        if val is not None:
-            overrides.append(f"data.val={json.dumps(str(val.resolve()))}")
-        trainer = start_run(load_config(RunConfig, sources, overrides), out)
-    if not quiet:
-        stderr.print(f"run folder {trainer.run_dir}; device {trainer.device}; step "
-                     f"{trainer.global_step}/{trainer.total_steps}")
+        trainer = start_run(resolve_run_config(recipe, config, set_ or (), data, val), out)
+    show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
         with train_progress(quiet) as progress:
             summary = trainer.fit(progress=progress)
     except KeyboardInterrupt:
         stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
         raise typer.Exit(130) from None
-    if not quiet:
-        for rec in summary.validation:
-            if rec["val_fpr95"] is not None:
-                stderr.print(f"epoch {rec['epoch']}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
-        stderr.print(f"model written to {summary.model}")
+    show(train_report(summary), quiet)
     emit_json(summary.to_json(), json_out)
 
 
@@ -561,27 +510,21 @@ def cache_images_cmd(
 ) -> None:
     """Self-supervised training patches from any photos: keypoints, random homographies,
     photometric changes and detector noise; held-out pairs for FPR95."""
-    from descbal.console import emit_json, stderr, task_progress
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.data.selfsup import PoolConfig, cache_images
     from descbal.errors import BadInputError
     from descbal.geometry import PatchGeometry
+    from descbal.report import pool_report
 
     try:
         cfg = PoolConfig(seed=seed, detector=detector, max_keypoints=max_keypoints, views=views,
                          geometry=PatchGeometry(mag=mag), holdout_fraction=holdout)
     except ValueError as e:
         raise BadInputError(str(e)) from None
-    with task_progress(quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = cache_images(folder, out, cfg, overwrite=overwrite, progress=progress)
-    if not quiet:
-        if result["skipped"]:
-            stderr.print(f"{out}: up to date, skipped")
-        else:
-            for s in result["skipped_images"]:
-                stderr.print(f"skipped {s['path']}: {s['reason']}")
-            stderr.print(f"{out}: {result['num_patches']} patches of {result['num_classes']} keypoints from "
-                         f"{result['images'] - len(result['skipped_images'])} photos, {result['num_pairs']} held-out pairs")
-    emit_json(result, json_out)
+    show(pool_report(result), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 @app.command("make-benchmark")
@@ -596,18 +539,15 @@ def make_benchmark_cmd(
 ) -> None:
     """An HPatches-format patch benchmark (easy/hard/tough jitter, official task files) from image
     sequences with ground-truth homographies; score it with 'descbal eval hpatches'."""
-    from descbal.console import emit_json, stderr, task_progress
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
+    from descbal.report import benchmark_report
 
-    with task_progress(quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = make_benchmark(sequences, out, BenchmarkConfig(seed=seed, max_keypoints=max_keypoints, split=split),
                                 progress=progress)
-    if not quiet:
-        for s in result["skipped"]:
-            stderr.print(f"skipped {s['sequence']}: {s['reason']}")
-        stderr.print(f"benchmark written to {out}: {len(result['sequences'])} sequences; evaluate with "
-                     f"'descbal eval hpatches --descriptors DIR --tasks {out / 'tasks'} --split {split}'")
-    emit_json(result, json_out)
+    show(benchmark_report(result), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 @app.command("quickstart")
@@ -622,25 +562,14 @@ def quickstart_cmd(
     """No download, a few minutes on a CPU: self-supervised pool from photos shipped with
     scikit-image, Self-TNet small training, a benchmark from held-out photos, and a comparison
     of the trained model, the untrained network and SIFT."""
-    from rich.table import Table
-
-    from descbal.console import emit_json, stderr, task_progress
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.quickstart import run_quickstart
+    from descbal.report import quickstart_report
 
-    with task_progress(quiet) as progress:
-        result = run_quickstart(out, seed=seed, quick=quick, progress=progress,
-                                log=(lambda m: None) if quiet else stderr.print)
-    if not quiet:
-        t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)")
-        for col in ("descriptor", "verification", "matching", "retrieval", "pool FPR95"):
-            t.add_column(col, justify="right")
-        for r in result["rows"]:
-            fpr = "-" if r["fpr95"] is None else f"{100 * r['fpr95']:.2f}"
-            t.add_row(r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
-                      f"{100 * r['retrieval']:.2f}", fpr)
-        stderr.print(t)
-        stderr.print(f"trained model: {result['model']} (use it with 'descbal extract IMAGES --model {result['model']}')")
-    emit_json(result, json_out)
+    with progress_reporter(quiet) as progress:
+        result = run_quickstart(out, seed=seed, quick=quick, progress=progress, log=lambda line: show([line], quiet))
+    show(quickstart_report(result), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 # ------------------------------------------------------------------------------ match
@@ -659,20 +588,18 @@ def match_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Mutual-nearest-neighbour matches of image pairs into an hloc matches file."""
-    from descbal.console import emit_json, stderr
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.errors import BadInputError
-    from descbal.extract.progress import image_progress
     from descbal.match import match_features
+    from descbal.report import match_report
 
     if ratio is not None and not 0 < ratio <= 1:
         raise BadInputError("--ratio must be in (0, 1]")
-    with image_progress("pairs", quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = match_features(features, pairs, out, ratio=ratio, overwrite=overwrite, device=device,
                                 progress=progress)
-    if not quiet:
-        stderr.print(f"{out}: {result['matched']} pair(s) matched ({result['mean_matches']:.0f} matches on average), "
-                     f"{result['skipped_existing']} already there", soft_wrap=True)
-    emit_json(result, json_out)
+    show(match_report(result), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 @eval_app.command("sequences")
@@ -697,35 +624,18 @@ def eval_sequences_cmd(
 ) -> None:
     """Matching on sequences with homographies: MMA at 1..10 px (D2-Net protocol), matches,
     features and homography accuracy at 1/3/5 px, split by i_/v_ sequences."""
-    from rich.table import Table
-
-    from descbal.console import emit_json, stderr
+    from descbal.console import emit_json, progress_reporter, show
     from descbal.eval.sequences import evaluate_sequences, plot_mma
-    from descbal.extract.progress import image_progress
+    from descbal.report import sequences_report
 
     geometry = _geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright)
-    with image_progress("pairs", quiet) as progress:
+    with progress_reporter(quiet) as progress:
         result = evaluate_sequences(folder, model, detector=detector, max_keypoints=max_keypoints, geometry=geometry,
                                     ratio=ratio, device=device, sequences=sequence, progress=progress)
     if plot is not None:
         plot_mma(result, plot)
-    if not quiet:
-        t = Table(title=f"Sequences under {folder} ({len(result['sequences'])}; detector {detector})")
-        for col in ("model", "split", "pairs", "MMA@1", "MMA@3", "MMA@5", "MMA@10", "features", "matches",
-                    "H@1", "H@3", "H@5"):
-            t.add_column(col, justify="left" if col in ("model", "split") else "right")
-        for m in result["models"]:
-            for split in ("overall", "illumination", "viewpoint"):
-                mma = m["mma"][split]
-                if mma is None:
-                    continue
-                h = m["homography_accuracy"][split]
-                t.add_row(m["name"], split, str(m["num_pairs"][split]), *(f"{mma[i]:.3f}" for i in (0, 2, 4, 9)),
-                          f"{m['num_features']:.0f}", f"{m['num_matches'][split]:.0f}", *(f"{h[e]:.3f}" for e in ("1", "3", "5")))
-        stderr.print(t)
-        if plot is not None:
-            stderr.print(f"plot written to {plot}")
-    emit_json(result, json_out)
+    show(sequences_report(result, plot), quiet)
+    emit_json(result.to_json(), json_out)
 
 
 def main() -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -28,6 +27,25 @@ from numpy.typing import NDArray
 
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError, DataMissingError
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
+
+
+@dataclass
+class MatchResult(JsonResult):
+    """What :func:`match_features` did: pairs listed, matched now and already in ``out``, the
+    mean number of matches of the pairs matched now, wall time (s) and the ratio used.
+    ``pairs`` is the pairs file (None when the pairs were given as a list)."""
+
+    features: str
+    pairs: str | None
+    out: str
+    num_pairs: int
+    matched: int
+    skipped_existing: int
+    mean_matches: float
+    seconds: float
+    ratio: float | None
 
 
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
@@ -103,15 +121,16 @@ def _find_pair(h5: h5py.File, name0: str, name1: str) -> bool:
 
 def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str]], out: str | Path, *,
                    ratio: float | None = None, overwrite: bool = False, device: str | torch.device = "cpu",
-                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                   progress: Progress | None = None) -> MatchResult:
     """Match every pair of images of an hloc features file into an hloc matches file.
 
     Every name in the pairs is checked before anything is matched. ``out`` is written through a
     temporary copy renamed into place (see :class:`descbal.extract.writers.AtomicH5`).
 
+    ``progress("pairs", done, total)`` counts the pairs to match.
+
     Returns:
-        ``{"features", "pairs", "out", "num_pairs", "matched", "skipped_existing",
-        "mean_matches", "seconds", "ratio"}``.
+        A :class:`MatchResult`.
 
     Raises:
         DataMissingError: the features or pairs file is absent.
@@ -130,7 +149,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
         feats = h5py.File(features, "r", locking=False)
     except OSError as e:
         raise BadInputError(f"not a readable HDF5 file ({e})", features) from None
-    progress = progress or (lambda done, total, name: None)
+    progress = or_no_progress(progress)
     with feats:
         have = set(h5_feature_names(feats))
         wanted = list(dict.fromkeys(n for p in pair_list for n in p))
@@ -160,7 +179,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
             unique = list(dict.fromkeys(pair_list))
             todo = [p for p in unique if not _find_pair(h5, *p)]
             skipped = len(pair_list) - len(todo)
-            progress(0, len(todo), "")
+            progress("pairs", 0, len(todo))
             for i, (n0, n1) in enumerate(todo):
                 if _find_pair(h5, n0, n1):  # the same pair in the other order, earlier in this run
                     skipped += 1
@@ -173,7 +192,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
                 current = None
                 done += 1
                 total_matches += int((m >= 0).sum())
-                progress(i + 1, len(todo), f"{n0} {n1}")
+                progress("pairs", i + 1, len(todo))
         finally:  # keep every complete pair, also on Ctrl-C or an error
             if current is not None and current in h5:
                 del h5[current]
@@ -183,7 +202,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
                 tx.discard()
                 raise
     secs = time.perf_counter() - t0
-    return {"features": str(features), "pairs": str(pairs) if not isinstance(pairs, list) else None, "out": str(out),
-            "num_pairs": len(pair_list), "matched": done, "skipped_existing": skipped,
-            "mean_matches": total_matches / done if done else 0.0, "seconds": secs, "ratio": ratio}
+    return MatchResult(features=str(features), pairs=str(pairs) if not isinstance(pairs, list) else None, out=str(out),
+                       num_pairs=len(pair_list), matched=done, skipped_existing=skipped,
+                       mean_matches=total_matches / done if done else 0.0, seconds=secs, ratio=ratio)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
@@ -27,8 +27,9 @@ from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
 from descbal.images import UnreadableImageError, read_gray
 from descbal.models import build_model, resolve_model
-from descbal.recipes import recipe_text
-from descbal.train.config import RunConfig
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
+from descbal.run_config import resolve_run_config
 from descbal.train.trainer import Trainer
 
 #: Photographs in scikit-image's wheel (``skimage/data``) used for training.
@@ -38,6 +39,20 @@ TRAIN_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "clock_m
 #: Held-out photographs the benchmark is built from, with their sequence kind.
 BENCH_PHOTOS = (("coffee.png", "v"), ("chelsea.png", "v"), ("rocket.jpg", "v"), ("motorcycle_right.png", "i"),
                 ("color.png", "i"), ("logo.png", "i"))
+
+
+@dataclass
+class QuickstartResult(JsonResult):
+    """The quickstart's comparison: one row per descriptor (``{"descriptor", "verification",
+    "matching", "retrieval", "fpr95"}``: HPatches-protocol headline fractions on the synthetic
+    benchmark and FPR95 on the pool's held-out pairs, None for SIFT), the trained model, the
+    benchmark folder, the pool and the benchmark's sequences."""
+
+    rows: list[dict[str, Any]]
+    model: str
+    benchmark: str
+    pool: str
+    sequences: list[str]
 
 
 def skimage_data_dir() -> Path:
@@ -50,15 +65,15 @@ def skimage_data_dir() -> Path:
 
 
 def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
-                   progress: Callable[[str, int, int], None] | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                   progress: Progress | None = None,
+                   log: Callable[[str], None] = lambda s: None) -> QuickstartResult:
     """Run the quickstart into ``out``; ``quick`` shrinks every stage (for tests).
 
-    Returns:
-        ``{"rows": [{"descriptor", "verification", "matching", "retrieval", "fpr95"}], "model": path,
-        ...}`` where the HPatches-style numbers are headline fractions on the synthetic benchmark.
+    ``log`` receives one line per stage; ``progress`` the stages' loops (``"images"``,
+    ``"write"``, ``"train"`` with the trainer's loss, lr and patches/s, ``"sequences"``).
     """
     out = Path(out)
+    progress = or_no_progress(progress)
     data = skimage_data_dir()
     photos = out / "photos"
     if photos.exists():
@@ -77,12 +92,12 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     overrides = [f'data.train="{pool_path}"', f"loop.seed={seed}", "loop.device=cpu"]
     if quick:
         overrides += ["loop.epochs=1", "loop.iters_per_epoch=4", "loop.classes_per_batch=16", "phases.anneal.cycles.iters=2"]
-    cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
+    cfg = resolve_run_config(recipe="self-tnet-small", overrides=overrides)
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir, pool, None)
-    trainer.fit(progress=(lambda s, t, st: progress("train", s, t)) if progress else None)
+    trainer.fit(progress=lambda step, total, stats: progress("train", step, total, stats))
 
     log("3/4 benchmark from held-out photos with synthetic homographies")
     seq_dir = out / "sequences"
@@ -107,9 +122,9 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
                   resolve_model(untrained, name="HyNet untrained"), resolve_model("SIFT=sift")]
     for model in candidates:
         desc = hpatches_descriptors(model, bench / "patches", seqs, device="cpu")
-        fpr = None if model.classical else evaluate_brown_model(model, pool)["fpr95"]  # the column compares the networks
+        fpr = None if model.classical else evaluate_brown_model(model, pool).fpr95  # the column compares the networks
         res = evaluate_hpatches(desc, bench / "tasks", bcfg.split)
-        rows.append({"descriptor": model.name, **res["headline"], "fpr95": fpr})
-    return {"rows": rows, "model": str(run_dir / "model.pt"), "benchmark": str(bench), "pool": str(pool_path),
-            "sequences": seqs}
+        rows.append({"descriptor": model.name, **res.headline, "fpr95": fpr})
+    return QuickstartResult(rows=rows, model=str(run_dir / "model.pt"), benchmark=str(bench), pool=str(pool_path),
+                            sequences=seqs)
 

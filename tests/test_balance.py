@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from loss_fixtures import objective, per_class
 
 from descbal.losses.balance import (
@@ -243,9 +242,9 @@ def test_short_cpu_run_loss_falls_and_fpr95_beats_untrained(tmp_path, shared_dat
             return float(balance_terms(a, b, torch.ones_like(a), B).mean()), B
 
     loss_before, B0 = fixed_boundary_loss()
-    fpr_before = evaluate_brown_model(trainer.model, pool)["fpr95"]
+    fpr_before = evaluate_brown_model(trainer.model, pool).fpr95
     trainer.fit()
     loss_after, _ = fixed_boundary_loss(B0)
-    fpr_after = evaluate_brown_model(trainer.model, pool)["fpr95"]
+    fpr_after = evaluate_brown_model(trainer.model, pool).fpr95
     assert loss_after < loss_before
     assert fpr_after < fpr_before

@@ -52,9 +52,9 @@ def test_hand_computed_fpr95(tmp_path: Path) -> None:
     desc = np.load(npy)
     # HardNet: ceil(0.95 * 20) = 19th positive at 0.19; negatives strictly before it:
     # 0.055, 0.105, 0.185 -> 3 / 20.
-    assert evaluate_brown(desc, id1, id2, lab)["fpr95"] == pytest.approx(3 / 20, abs=0)
+    assert evaluate_brown(desc, id1, id2, lab).fpr95 == pytest.approx(3 / 20, abs=0)
     # HyNet: thr = sorted(d_pos)[19] = 0.20; negatives <= 0.20: 4 / 20.
-    assert evaluate_brown(desc, id1, id2, lab, "hynet")["fpr95"] == pytest.approx(4 / 20, abs=0)
+    assert evaluate_brown(desc, id1, id2, lab, "hynet").fpr95 == pytest.approx(4 / 20, abs=0)
 
 
 def test_pair_distances_float32() -> None:

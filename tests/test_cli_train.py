@@ -65,7 +65,7 @@ def hpatches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_hpatches_release(root / "release", SEQS, seed=3)
     write_split(root / "tasks-src", "a", list(SEQS))
     summary = cache_hpatches(root, release=root / "release", tasks=root / "tasks-src", out=root / "cache" / "hp.h5")
-    assert summary["num_sequences"] == 3
+    assert summary.num_sequences == 3
     return root / "cache" / "hp.h5"
 
 
@@ -216,7 +216,7 @@ def test_eval_brown_model(trained: tuple[Path, dict], sets: tuple[Path, Path]) -
     assert 0.0 <= result["fpr95"] <= 1.0 and result["pairs"] == 40 and result["definition"] == "hardnet"
     # the same number as the library and as the run's own validation after its last epoch
     want = evaluate_brown_model(load(out), load_patchset(sets[1]))
-    assert result["fpr95"] == want["fpr95"]
+    assert result["fpr95"] == want.fpr95
     assert result["fpr95"] == pytest.approx(doc["validation"][-1]["val_fpr95"], abs=1e-12)
     # the model file and the folder are the same model
     res2 = run("eval", "brown", "--model", out / "model.pt", "--data", sets[1], "--device", "cpu", "--json", "-", "-q")

@@ -205,8 +205,8 @@ def test_cache_round_trip_and_attrs(raw: tuple[Path, np.ndarray], tmp_path: Path
     folder, expected = raw
     summary = cache_brown("liberty", tmp_path)
     out = tmp_path / "brown" / "liberty.h5"
-    assert summary["path"] == str(out) and not summary["skipped"]
-    assert summary["num_patches"] == 612 and summary["num_pairs"] == len(PAIR_ROWS)
+    assert summary.path == str(out) and not summary.skipped
+    assert summary.num_patches == 612 and summary.num_pairs == len(PAIR_ROWS)
     ps = load_patchset(out)
     np.testing.assert_array_equal(ps.patches, expected)
     np.testing.assert_array_equal(ps.labels, np.arange(612) // 3)
@@ -216,7 +216,7 @@ def test_cache_round_trip_and_attrs(raw: tuple[Path, np.ndarray], tmp_path: Path
         assert h5["patches"].chunks == (612, 64, 64) and h5["patches"].compression is None
         assert h5["labels"].dtype == np.int64 and h5["pairs"].dtype == np.int64
         assert h5.attrs["num_patches"] == 612 and h5.attrs["descbal_version"] == __version__
-        assert h5.attrs["source_sha256"] == summary["source_sha256"]
+        assert h5.attrs["source_sha256"] == summary.source_sha256
     assert _leftovers(out.parent) == ["liberty.h5"]
 
 
@@ -225,16 +225,16 @@ def test_cache_is_idempotent(raw: tuple[Path, np.ndarray], tmp_path: Path) -> No
     first = cache_brown("liberty", tmp_path, raw=raw[0], out=out)
     mtime = out.stat().st_mtime_ns
     second = cache_brown("liberty", tmp_path, raw=raw[0], out=out)
-    assert second["skipped"] and second["num_patches"] == 612 and second["num_pairs"] == first["num_pairs"]
+    assert second.skipped and second.num_patches == 612 and second.num_pairs == first.num_pairs
     assert out.stat().st_mtime_ns == mtime
     third = cache_brown("liberty", tmp_path, raw=raw[0], out=out, overwrite=True)
-    assert not third["skipped"] and out.stat().st_mtime_ns != mtime
+    assert not third.skipped and out.stat().st_mtime_ns != mtime
     # A changed input file (size/mtime) makes the cache stale.
     (raw[0] / "info.txt").write_text("".join(f"{i} 0\n" for i in range(700)))
     fourth = cache_brown("liberty", tmp_path, raw=raw[0], out=out)
-    assert not fourth["skipped"] and fourth["num_patches"] == 700
+    assert not fourth.skipped and fourth.num_patches == 700
     np.testing.assert_array_equal(load_patchset(out).labels, np.arange(700))
-    assert fourth["source_sha256"] != first["source_sha256"]
+    assert fourth.source_sha256 != first.source_sha256
 
 
 def test_cache_rebuilds_other_version(raw: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -242,9 +242,9 @@ def test_cache_rebuilds_other_version(raw: tuple[Path, np.ndarray], tmp_path: Pa
     cache_brown("liberty", tmp_path, raw=raw[0], out=out)
     with h5py.File(out, "a") as h5:
         h5.attrs["descbal_version"] = "0.0.0"
-    assert not cache_brown("liberty", tmp_path, raw=raw[0], out=out)["skipped"]
+    assert not cache_brown("liberty", tmp_path, raw=raw[0], out=out).skipped
     out.write_bytes(b"garbage")  # an unreadable cache is rebuilt, not an error
-    assert not cache_brown("liberty", tmp_path, raw=raw[0], out=out)["skipped"]
+    assert not cache_brown("liberty", tmp_path, raw=raw[0], out=out).skipped
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])

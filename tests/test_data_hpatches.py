@@ -64,9 +64,9 @@ def test_cache_round_trip_tasks_and_idempotence(tmp_path: Path) -> None:
     out = tmp_path / "elsewhere" / "hp.h5"
     seen = []
     summary = cache_hpatches(root, out=out, progress=lambda *a: seen.append(a))
-    assert not summary["skipped"] and summary["num_sequences"] == 3 and summary["num_patches"] == 15
+    assert not summary.skipped and summary.num_sequences == 3 and summary.num_patches == 15
     assert seen[-1] == ("sequences", 3, 3)
-    assert summary["tasks"] == str(out.parent / "tasks") and summary["tasks_copied"] == 2
+    assert summary.tasks == str(out.parent / "tasks") and summary.tasks_copied == 2
     assert json.loads((out.parent / "tasks" / "splits" / "splits.json").read_text())["a"]["test"] == list(LENGTHS)
     loaded = load_hpatches_cache(out)
     assert list(loaded) == sorted(LENGTHS)
@@ -78,8 +78,8 @@ def test_cache_round_trip_tasks_and_idempotence(tmp_path: Path) -> None:
         assert list(h5.attrs["types"]) == list(TYPES)
         assert h5["v_boat/h3"].shape == (7, 65, 65)
     again = cache_hpatches(root, out=out)
-    assert again["skipped"] and again["tasks_copied"] == 0 and again["num_patches"] == 15
-    assert not cache_hpatches(root, out=out, overwrite=True)["skipped"]
+    assert again.skipped and again.tasks_copied == 0 and again.num_patches == 15
+    assert not cache_hpatches(root, out=out, overwrite=True).skipped
     sub = load_hpatches_cache(out, ["v_churchill", "i_ajuntament"])
     assert list(sub) == ["v_churchill", "i_ajuntament"]
     with pytest.raises(BadInputError, match="not in the cache: v_nope"):
@@ -90,14 +90,14 @@ def test_default_paths_do_not_copy_tasks_onto_themselves(tmp_path: Path) -> None
     make_release(tmp_path / "hpatches" / "hpatches-release")
     make_tasks(tmp_path / "hpatches" / "tasks")
     summary = cache_hpatches(tmp_path)
-    assert summary["path"] == str(tmp_path / "hpatches" / "hpatches.h5")
-    assert summary["tasks"] == str(tmp_path / "hpatches" / "tasks") and summary["tasks_copied"] == 0
+    assert summary.path == str(tmp_path / "hpatches" / "hpatches.h5")
+    assert summary.tasks == str(tmp_path / "hpatches" / "tasks") and summary.tasks_copied == 0
 
 
 def test_without_tasks(tmp_path: Path) -> None:
     make_release(tmp_path / "rel")
     summary = cache_hpatches(tmp_path, release=tmp_path / "rel", out=tmp_path / "o" / "c.h5")
-    assert summary["tasks"] is None
+    assert summary.tasks is None
     with pytest.raises(DataMissingError, match="task folder"):
         cache_hpatches(tmp_path, release=tmp_path / "rel", tasks=tmp_path / "none", out=tmp_path / "o" / "c.h5")
 
@@ -108,7 +108,7 @@ def test_changed_input_rebuilds(tmp_path: Path) -> None:
     cache_hpatches(tmp_path, release=tmp_path / "rel", out=out)
     new = make_release(tmp_path / "rel", {"v_boat": 9}, seed=5)
     s = cache_hpatches(tmp_path, release=tmp_path / "rel", out=out)
-    assert not s["skipped"] and s["num_patches"] == 5 + 9 + 3
+    assert not s.skipped and s.num_patches == 5 + 9 + 3
     np.testing.assert_array_equal(load_hpatches_cache(out, ["v_boat"])["v_boat"], new["v_boat"])
 
 

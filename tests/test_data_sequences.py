@@ -70,7 +70,7 @@ def test_real_sequences_cache(shared_data: Path, tmp_path: Path) -> None:
     root = shared_data / "hpatches-sequences"
     out = tmp_path / "seq.h5"
     summary = cache_sequences(root, out)
-    assert summary["num_sequences"] == 3 and summary["num_images"] == 18 and not summary["skipped"]
+    assert summary.num_sequences == 3 and summary.num_images == 18 and not summary.skipped
     loaded = {s.name: s for s in load_sequences(out)}
     assert list(loaded) == sorted(REAL)
     for name in REAL:
@@ -80,7 +80,7 @@ def test_real_sequences_cache(shared_data: Path, tmp_path: Path) -> None:
         assert sorted(loaded[name].homographies) == [2, 3, 4, 5, 6]
         for k in direct.homographies:
             np.testing.assert_array_equal(direct.homographies[k], loaded[name].homographies[k])
-    assert cache_sequences(root, out)["skipped"]
+    assert cache_sequences(root, out).skipped
 
 
 def test_generated_sequence(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_partial_sequence_and_cache(tmp_path: Path) -> None:
     (tmp_path / "src" / "no_images").mkdir()
     out = tmp_path / "out" / "s.h5"
     s = cache_sequences(tmp_path / "src", out)
-    assert s["num_sequences"] == 2 and s["num_images"] == 6
+    assert s.num_sequences == 2 and s.num_images == 6
     a, b = load_sequences(out)
     assert (a.name, b.name) == ("v_a", "v_b")
     assert b.image_ids == [1, 4] and b.homographies == {}
@@ -126,11 +126,11 @@ def test_cache_idempotent_and_overwrite(tmp_path: Path) -> None:
     make_sequence(tmp_path / "src" / "v_a")
     out = tmp_path / "s.h5"
     first = cache_sequences(tmp_path / "src", out)
-    assert cache_sequences(tmp_path / "src", out)["skipped"]
-    assert not cache_sequences(tmp_path / "src", out, overwrite=True)["skipped"]
+    assert cache_sequences(tmp_path / "src", out).skipped
+    assert not cache_sequences(tmp_path / "src", out, overwrite=True).skipped
     write_h(tmp_path / "src" / "v_a" / "H_1_3", np.eye(3))
     again = cache_sequences(tmp_path / "src", out)
-    assert not again["skipped"] and again["source_sha256"] != first["source_sha256"]
+    assert not again.skipped and again.source_sha256 != first.source_sha256
     assert sorted(load_sequences(out)[0].homographies) == [2, 3, 4]
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_fixtures import embedded, mine, objective
 
 import descbal.losses  # noqa: F401  (registers every loss)
-from loss_fixtures import embedded, mine, objective
 from descbal.losses.ddtas import (
     AsymmetricPairMiner,
     DDTASLoss,
@@ -21,8 +21,8 @@ from descbal.losses.ddtas import (
     virtual_step_loss,
 )
 from descbal.losses.grouping import class_split
-from descbal.losses.tuples import PairTuples
 from descbal.losses.registry import LOSSES
+from descbal.losses.tuples import PairTuples
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 4]  # class 4 has no positive
 

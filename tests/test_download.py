@@ -396,9 +396,9 @@ def test_fetch_archive_then_skip(server: _Server, tmp_path: Path) -> None:
     data = _zip_bytes(BROWN_LIKE)
     url = server.add("/liberty.zip", data, faults=["cut:300"])
     rf = _remote(url, _md5(data))
-    [s] = fetch([rf], tmp_path, **FAST)
+    [s] = fetch([rf], tmp_path, **FAST).files
     dest = tmp_path / "brown" / "liberty"
-    assert s == {
+    assert s.to_json() == {
         "key": "brown/liberty",
         "path": str(dest),
         "url": url,
@@ -413,8 +413,8 @@ def test_fetch_archive_then_skip(server: _Server, tmp_path: Path) -> None:
     assert _siblings(tmp_path / "brown") == {"liberty"}  # archive deleted, no .part
     assert "brown/liberty.zip" in json.loads((tmp_path / "manifest.json").read_text())["files"]
     n = len(server.log)
-    [again] = fetch([rf], tmp_path, **FAST)
-    assert again["skipped"] and again["sha256"] == _sha(data) and len(server.log) == n
+    [again] = fetch([rf], tmp_path, **FAST).files
+    assert again.skipped and again.sha256 == _sha(data) and len(server.log) == n
 
 
 def test_fetch_corrupt_archive_quarantined_and_forgotten(server: _Server, tmp_path: Path) -> None:
@@ -425,8 +425,8 @@ def test_fetch_corrupt_archive_quarantined_and_forgotten(server: _Server, tmp_pa
     assert _siblings(tmp_path / "brown") == {"broken.zip.corrupt"}
     assert "brown/broken.zip" not in json.loads((tmp_path / "manifest.json").read_text())["files"]
     server.routes["/broken.zip"].body = _zip_bytes({"a.txt": b"a"})
-    [s] = fetch([rf], tmp_path, **FAST)
-    assert not s["skipped"] and (tmp_path / "brown" / "broken" / "a.txt").is_file()
+    [s] = fetch([rf], tmp_path, **FAST).files
+    assert not s.skipped and (tmp_path / "brown" / "broken" / "a.txt").is_file()
 
 
 def test_fetch_keep_archive(server: _Server, tmp_path: Path) -> None:
@@ -445,12 +445,12 @@ def test_fetch_plain_files_and_skip(server: _Server, tmp_path: Path) -> None:
         _remote(u1, "sha256:" + _sha(known), archive=False, name="retr_queries_split-a.csv"),
         _remote(u2, None, archive=False, name="verif_pos_split-a.csv"),
     ]
-    first = fetch(files, tmp_path, **FAST)
-    assert [s["skipped"] for s in first] == [False, False] and [s["verified"] for s in first] == [True, False]
+    first = fetch(files, tmp_path, **FAST).files
+    assert [s.skipped for s in first] == [False, False] and [s.verified for s in first] == [True, False]
     assert (tmp_path / "hpatches" / "tasks" / "retr_queries_split-a.csv").read_bytes() == known
     n = len(server.log)
-    second = fetch(files, tmp_path, **FAST)
-    assert [s["skipped"] for s in second] == [True, True] and len(server.log) == n
+    second = fetch(files, tmp_path, **FAST).files
+    assert [s.skipped for s in second] == [True, True] and len(server.log) == n
 
 
 def test_extra_mirrors_tried_first(server: _Server, tmp_path: Path) -> None:
@@ -458,11 +458,11 @@ def test_extra_mirrors_tried_first(server: _Server, tmp_path: Path) -> None:
     builtin = server.add("/builtin/z.zip", data)
     mine = server.add("/mine/z.zip", data)
     rf = _remote(builtin, _md5(data), name="z")
-    [s] = fetch([rf], tmp_path, extra_mirrors=[server.url("/mine/")], **FAST)
-    assert s["url"] == mine and server.hits("/builtin/z.zip") == []
+    [s] = fetch([rf], tmp_path, extra_mirrors=[server.url("/mine/")], **FAST).files
+    assert s.url == mine and server.hits("/builtin/z.zip") == []
     rf2 = _remote(builtin, _md5(data), name="z2")
-    [s2] = fetch([rf2], tmp_path, extra_mirrors=[server.url("/missing.zip")], checksum=_md5(data), **FAST)
-    assert s2["url"] == builtin
+    [s2] = fetch([rf2], tmp_path, extra_mirrors=[server.url("/missing.zip")], checksum=_md5(data), **FAST).files
+    assert s2.url == builtin
 
 
 def test_checksum_override_applies_to_builtin(server: _Server, tmp_path: Path) -> None:
@@ -471,8 +471,8 @@ def test_checksum_override_applies_to_builtin(server: _Server, tmp_path: Path) -
     rf = _remote(url, _md5(b"registry value is stale"), name="c")
     with pytest.raises(DataMissingError):
         fetch([rf], tmp_path, **FAST)
-    [s] = fetch([rf], tmp_path, checksum="sha256:" + _sha(data), **FAST)
-    assert s["verified"] and (tmp_path / "brown" / "c" / "a.txt").is_file()
+    [s] = fetch([rf], tmp_path, checksum="sha256:" + _sha(data), **FAST).files
+    assert s.verified and (tmp_path / "brown" / "c" / "a.txt").is_file()
 
 
 def test_fetch_from_file(server: _Server, tmp_path: Path) -> None:
@@ -482,17 +482,17 @@ def test_fetch_from_file(server: _Server, tmp_path: Path) -> None:
     local.write_bytes(data)
     root = tmp_path / "root"
     rf = _remote(server.url("/never.zip"), _md5(data))
-    [s] = fetch([rf], root, from_file=local)
-    assert s["verified"] and not s["skipped"] and local.exists() and server.log == []
+    [s] = fetch([rf], root, from_file=local).files
+    assert s.verified and not s.skipped and local.exists() and server.log == []
     assert (root / "brown" / "liberty" / "patches0000.bmp").is_file()
-    [again] = fetch([rf], root, from_file=local)
-    assert again["skipped"]
+    [again] = fetch([rf], root, from_file=local).files
+    assert again.skipped
     # unknown copy: accepted and recorded
     rf_other = _remote(server.url("/never.zip"), _md5(b"x"), name="other")
-    [s2] = fetch([rf_other], root, from_file=local)
-    assert not s2["verified"]
-    [s2_again] = fetch([rf_other], root, from_file=local)
-    assert s2_again["skipped"] and not s2_again["verified"]
+    [s2] = fetch([rf_other], root, from_file=local).files
+    assert not s2.verified
+    [s2_again] = fetch([rf_other], root, from_file=local).files
+    assert s2_again.skipped and not s2_again.verified
     assert json.loads((root / "manifest.json").read_text())["files"]["brown/other.zip"]["sha256"] == _sha(data)
     # explicit wrong checksum: refused
     with pytest.raises(DataMissingError, match="checksum mismatch"):

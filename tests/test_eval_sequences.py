@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from descbal.cli import app
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.sequences import (
+    HOMOGRAPHY_EPS,
     THRESHOLDS,
+    SequencesResult,
     corner_error,
     evaluate_sequences,
     render_mma,
@@ -83,15 +85,15 @@ def seq_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_synthetic_sequences_are_matched_well(seq_root: Path) -> None:
     r = evaluate_sequences(seq_root, ["sift"], max_keypoints=300, device="cpu")
-    assert r["sequences"] == ["i_synth", "v_synth"] and r["thresholds"] == list(THRESHOLDS)
-    m = r["models"][0]
+    assert r.sequences == ["i_synth", "v_synth"] and r.thresholds == list(THRESHOLDS)
+    m = r.models[0]
     assert m["num_pairs"] == {"overall": 4, "illumination": 2, "viewpoint": 2}
     assert m["mma"]["illumination"][2] > 0.9 and m["mma"]["viewpoint"][2] > 0.8
     assert all(np.diff(m["mma"]["overall"]) >= 0)
     assert m["homography_accuracy"]["overall"]["5"] >= 0.75
     assert 0 < m["num_features"] <= 300 and m["num_matches"]["overall"] > 50
     assert len(m["pairs"]) == 4 and m["provenance"]["model"] == "sift"
-    json.dumps(r, allow_nan=False)  # the result is plain JSON
+    json.dumps(r.to_json(), allow_nan=False)  # the document is plain JSON
 
 
 def test_errors(seq_root: Path, tmp_path: Path) -> None:
@@ -122,7 +124,9 @@ def test_cli_json_and_plot(seq_root: Path, tmp_path: Path) -> None:
 
 
 def test_render_without_models() -> None:
-    img = render_mma({"thresholds": list(THRESHOLDS), "models": []})
+    empty = SequencesResult(root="x", sequences=[], thresholds=list(THRESHOLDS), homography_eps=list(HOMOGRAPHY_EPS),
+                            detector="sift", max_keypoints=10, geometry={}, ratio=None, models=[])
+    img = render_mma(empty)
     assert img.dtype == np.uint8 and img.shape[2] == 3
 
 
@@ -140,9 +144,9 @@ def test_sift_on_real_hpatches_viewpoint_sequences(shared_data: Path) -> None:
     deliberately wide around those readings. Measured here: about 0.34 / 0.51 / 0.64.
     """
     r = evaluate_sequences(shared_data / "hpatches-sequences", ["sift"], max_keypoints=1000, device="cpu")
-    m = r["models"][0]
+    m = r.models[0]
     v = m["mma"]["viewpoint"]
-    assert r["sequences"] == ["v_churchill", "v_dogman", "v_wormhole"] and m["num_pairs"]["viewpoint"] == 15
+    assert r.sequences == ["v_churchill", "v_dogman", "v_wormhole"] and m["num_pairs"]["viewpoint"] == 15
     assert m["mma"]["illumination"] is None
     assert 0.15 <= v[0] <= 0.50  # MMA@1
     assert 0.35 <= v[2] <= 0.75  # MMA@3

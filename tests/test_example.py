@@ -35,10 +35,10 @@ def test_run_example_writes_release_layout(tmp_path: Path) -> None:
     assert png.shape == (60 * 65, 65)
     assert (tmp_path / "descriptors" / "sift" / "v_example3" / "ref.csv").is_file()
     assert (tmp_path / "tasks" / "splits" / "splits.json").is_file()
-    h = res["headline"]
+    h = res.headline
     # SIFT on this example: strong but not perfect; tough jitter is the hardest.
     assert 0.5 < h["verification"] < 1.0 and 0.3 < h["matching"] < 0.95 and 0.5 < h["retrieval"] < 1.0
-    v = res["verification"]
+    v = res.verification
     assert v["e"]["intra"]["imbalanced_ap"] > v["t"]["intra"]["imbalanced_ap"]
 
 
@@ -47,4 +47,4 @@ def test_cli_example_json_deterministic() -> None:
     assert a.exit_code == 0, a.output
     b = runner.invoke(app, ["eval", "example", "-q", "--json", "-", "--seed", "2"])
     assert json.loads(a.stdout) == json.loads(b.stdout)
-    assert json.loads(a.stdout)["descriptor"] == "sift"
+    assert json.loads(a.stdout)["model"] == "sift"

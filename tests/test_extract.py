@@ -293,7 +293,7 @@ def test_hloc_schema_round_trip(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats.h5"
     cfg = ExtractConfig(model="rootsift", max_keypoints=100, device="cpu")
     res = extract_folder(folder, out, cfg)
-    assert res["extracted"] == 3 and res["failed"] == []
+    assert res.extracted == 3 and res.failed == []
     assert sorted(hloc_list_h5_names(out)) == ["a.png", "sub/b.jpg", "sub/deep/c.png"] == list_features(out)
     ext = FeatureExtractor.from_config(cfg)
     for name, img in [("a.png", textured(1)), ("sub/deep/c.png", textured(3, 120, 140))]:
@@ -330,7 +330,7 @@ def test_float16_descriptors_and_network_model(folder: Path, tmp_path: Path) -> 
     net = build_model("tfeat", normalize=True)
     ext = FeatureExtractor(net, max_keypoints=20, device="cpu")
     res = extract_folder(folder, tmp_path / "h.h5", ExtractConfig(half=True), extractor=ext)
-    assert res["extracted"] == 3
+    assert res.extracted == 3
     with h5py.File(tmp_path / "h.h5", "r") as h5:
         d = h5["a.png"]["descriptors"]
         assert d.dtype == np.float16 and d.shape[0] == 128
@@ -341,17 +341,17 @@ def test_float16_descriptors_and_network_model(folder: Path, tmp_path: Path) -> 
 def test_resume_skips_and_overwrite_redoes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats.h5"
     cfg = ExtractConfig(model="sift", max_keypoints=50, device="cpu")
-    assert extract_folder(folder, out, cfg)["extracted"] == 3
+    assert extract_folder(folder, out, cfg).extracted == 3
     with h5py.File(out, "r") as h5:
         before = h5["a.png"]["keypoints"][...]
     res = extract_folder(folder, out, cfg)
-    assert res["extracted"] == 0 and res["skipped_existing"] == 3
+    assert res.extracted == 0 and res.skipped_existing == 3
     cv2.imwrite(str(folder / "new.png"), textured(9))
     res = extract_folder(folder, out, cfg)
-    assert res["extracted"] == 1 and res["skipped_existing"] == 3
+    assert res.extracted == 1 and res.skipped_existing == 3
     assert sorted(list_features(out)) == ["a.png", "new.png", "sub/b.jpg", "sub/deep/c.png"]
     res = extract_folder(folder, out, cfg, overwrite=True)
-    assert res["extracted"] == 4 and res["skipped_existing"] == 0
+    assert res.extracted == 4 and res.skipped_existing == 0
     with h5py.File(out, "r") as h5:
         np.testing.assert_array_equal(h5["a.png"]["keypoints"][...], before)
     # a different extraction must not be appended to this file
@@ -380,7 +380,7 @@ def test_interrupted_run_leaves_a_valid_file(folder: Path, tmp_path: Path) -> No
     assert list_features(out) == ["a.png"]  # committed on the way out, complete groups only
     assert not list(tmp_path.glob(".*.tmp"))
     res = extract_folder(folder, out, ExtractConfig(model="sift", max_keypoints=30, device="cpu"))
-    assert res["skipped_existing"] == 1 and res["extracted"] == 2
+    assert res.skipped_existing == 1 and res.extracted == 2
 
 
 def test_failures_are_summarised_and_exit_1(folder: Path, tmp_path: Path) -> None:
@@ -415,12 +415,12 @@ def test_list_prints_exact_keys(folder: Path, tmp_path: Path) -> None:
 def test_npz_and_colmap_formats(folder: Path, tmp_path: Path) -> None:
     cfg = ExtractConfig(model="sift", max_keypoints=25, device="cpu")
     res = extract_folder(folder, tmp_path / "npz", cfg, fmt="npz")
-    assert res["extracted"] == 3
+    assert res.extracted == 3
     z = np.load(tmp_path / "npz" / "sub" / "deep" / "c.png.npz")
     n = len(z["keypoints"])
     assert z["descriptors"].shape == (128, n) and list(z["image_size"]) == [140, 120]
     assert list_features(tmp_path / "npz") == ["a.png", "sub/b.jpg", "sub/deep/c.png"]
-    assert extract_folder(folder, tmp_path / "npz", cfg, fmt="npz")["skipped_existing"] == 3
+    assert extract_folder(folder, tmp_path / "npz", cfg, fmt="npz").skipped_existing == 3
     res = extract_folder(folder, tmp_path / "colmap", cfg, fmt="colmap")
     lines = (tmp_path / "colmap" / "sub" / "deep" / "c.png.txt").read_text().splitlines()
     n0, d0 = map(int, lines[0].split())
@@ -510,9 +510,9 @@ def test_resume_accepts_the_same_weights_under_another_path(folder: Path, tmp_pa
     shutil.copy(identity_model, copy)
     out = tmp_path / "f.h5"
     cfg = ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu")
-    assert extract_folder(folder, out, cfg)["extracted"] == 3
+    assert extract_folder(folder, out, cfg).extracted == 3
     res = extract_folder(folder, out, ExtractConfig(model=str(copy), max_keypoints=5, device="cpu"))
-    assert res["skipped_existing"] == 3
+    assert res.skipped_existing == 3
 
 
 def test_bf16_is_close_to_float32_and_recorded(folder: Path, tmp_path: Path, identity_model: Path) -> None:
@@ -531,7 +531,7 @@ def test_bf16_is_close_to_float32_and_recorded(folder: Path, tmp_path: Path, ide
     assert bf.provenance["compute_dtype"] == "bfloat16"
     # a file written in float32 is not resumed in bfloat16; files from before the key existed were float32
     out = tmp_path / "f.h5"
-    assert extract_folder(folder, out, ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu"))["extracted"]
+    assert extract_folder(folder, out, ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu")).extracted
     with pytest.raises(BadInputError, match="compute_dtype"):
         extract_folder(folder, out, ExtractConfig(model=str(identity_model), max_keypoints=5, device="cpu", bf16=True))
     assert provenance_conflicts({"model": "m"}, {"model": "m", "compute_dtype": "float32"}) == []

@@ -66,7 +66,7 @@ def evaluated(request, tmp_path_factory):
     distance = cfg.pop("distance")
     case = make_hpatches_case(tmp_path_factory.mktemp(request.param), **cfg)
     loaded = load_descriptors(case.descriptors_dir, case.sequences)
-    got = engine.evaluate_hpatches(loaded, case.tasks_dir, case.split, distance=distance)
+    got = engine.evaluate_hpatches(loaded, case.tasks_dir, case.split, distance=distance).to_json()
     ref_desc = ref_load_descriptors(case.descriptors_dir, case.sequences)
     want = ref_evaluate(ref_desc, case.tasks_dir, case.split, distance)
     return {"name": request.param, "case": case, "distance": distance, "loaded": loaded,
@@ -313,7 +313,7 @@ def test_near_ties_are_decided_exactly(distance, tmp_path):
                     desc[s][t, b] = desc[s][t, a][rng.permutation(desc[s].shape[2])]
                 else:
                     desc[s][t, b] = _nudge(desc[s][t, a], rng, np.inf if kind == 1 else -np.inf)
-    got = engine.evaluate_hpatches(HPatchesDescriptors(desc), case.tasks_dir, "a", distance=distance)
+    got = engine.evaluate_hpatches(HPatchesDescriptors(desc), case.tasks_dir, "a", distance=distance).to_json()
     want = ref_evaluate(desc, case.tasks_dir, "a", distance)
     bad = []
     for g, w in zip(got["matching"]["per_image"], want["matching"]["per_image"], strict=True):

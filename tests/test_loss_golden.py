@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import make_loss_golden as golden  # noqa: E402
 from train_fixtures import one_torch_thread  # noqa: E402, F401
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the golden weights were recorded on one thread
 DATA = np.load(golden.OUT)
 META = json.loads(str(DATA["meta"]))
 
@@ -38,7 +38,7 @@ def test_every_registered_loss_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("case,loss_name,params", golden.CASES, ids=[c[0] for c in golden.CASES])
-def test_loss_and_embedding_gradient_unchanged(case: str, loss_name: str, params: dict, one_torch_thread: None) -> None:
+def test_loss_and_embedding_gradient_unchanged(case: str, loss_name: str, params: dict) -> None:
     got = golden.record_case(loss_name, params)
     exact = loss_name != "osm_caa"
     for s, (value, grad) in zip(golden.BATCH_SEEDS, got, strict=True):
@@ -59,7 +59,7 @@ def test_golden_batches_are_the_recorded_ones() -> None:
         np.testing.assert_array_equal(labels.numpy(), DATA[f"batch{s}/labels"])
 
 
-def test_weights_after_50_steps_unchanged(one_torch_thread: None) -> None:
+def test_weights_after_50_steps_unchanged() -> None:
     got = golden.record_runs()
     exact = golden.platform_key() == META["platform"]
     for name, want in META["runs"].items():

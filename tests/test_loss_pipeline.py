@@ -115,7 +115,8 @@ def test_old_anneal_table_is_refused_with_the_new_form() -> None:
         build_phases(load_config(RunConfig, None, ["loop.epochs=-1"]))
 
 
-def test_toy_miner_trains_through_the_cli(tmp_path: Path, one_torch_thread: None) -> None:
+@pytest.mark.usefixtures("one_torch_thread")
+def test_toy_miner_trains_through_the_cli(tmp_path: Path) -> None:
     train, _ = write_sets(tmp_path / "data", num_classes=20)
     FirstNegativeMiner.calls = 0
     res = runner.invoke(app, ["train", "--recipe", "triplet", "--data", str(train), "--out", str(tmp_path / "run"),

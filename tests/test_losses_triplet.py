@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from loss_fixtures import objective, per_class
 from torch import nn
 from train_fixtures import one_torch_thread  # noqa: F401
-
-from loss_fixtures import objective, per_class
 
 from descbal.losses.distances import distance_matrix, pair_distances
 from descbal.losses.miners import NEAR_DUPLICATE, hardest_per_class

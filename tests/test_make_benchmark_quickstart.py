@@ -50,8 +50,8 @@ def test_make_benchmark_on_real_sequences(shared_data: Path, tmp_path: Path) -> 
     out = tmp_path / "bench"
     res = make_benchmark(shared_data / "hpatches-sequences", out, BenchmarkConfig(max_keypoints=60,
                                                                                   verification_pairs=500))
-    assert set(res["sequences"]) == {"v_churchill", "v_dogman", "v_wormhole"}
-    assert get_split(out / "tasks", "full")["test"] == sorted(res["sequences"])
+    assert set(res.sequences) == {"v_churchill", "v_dogman", "v_wormhole"}
+    assert get_split(out / "tasks", "full")["test"] == sorted(res.sequences)
     seq = read_hpatches_sequence(out / "patches" / "v_churchill")
     assert len(seq) == 16 and all(v.shape == (60, 65, 65) for v in seq.values())
     # easy targets resemble the reference more than tough ones (normalised correlation)

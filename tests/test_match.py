@@ -110,9 +110,9 @@ def test_cli_match_schema(feats: Path, tmp_path: Path) -> None:
     idx = np.where(matches != -1)[0]
     assert np.stack([idx, matches[idx]], -1).tolist() == [[0, 1], [1, 2], [2, 0]]
     # resume: nothing new to do; --ratio with --overwrite recomputes
-    assert match_features(feats, pairs, out)["matched"] == 0
+    assert match_features(feats, pairs, out).matched == 0
     res = match_features(feats, pairs, out, ratio=0.4, overwrite=True)
-    assert res["matched"] == 2
+    assert res.matched == 2
     with h5py.File(out, "r") as h5:
         assert h5["seq-a.jpg"]["b.jpg"]["matches0"][...].tolist() == [1, 2, -1, -1]
 

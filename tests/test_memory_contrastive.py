@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_fixtures import embedded, objective
 from train_fixtures import tiny_config, write_sets
 
 import descbal.losses  # noqa: F401  (registers every loss)
-from loss_fixtures import embedded, mine, objective
 from descbal.losses.memory import RANK_BASE, HardNegativePairMiner, MemoryContrastiveLoss, contrastive_pair_loss
 from descbal.losses.registry import LOSSES
 from descbal.losses.tuples import Reference

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_fixtures import embedded, objective
 
 import descbal.losses  # noqa: F401  (registers every loss)
-from loss_fixtures import embedded, mine, objective
 from descbal.losses import LossPipeline
 from descbal.losses.osm import OSMCAALoss, OSMSoftMiner, batch_centroid_attention, osm_pair_loss, soft_weights
 from descbal.losses.registry import LOSSES

@@ -187,7 +187,7 @@ def test_brown_with_a_classical_descriptor_and_an_architecture(tmp_path: Path) -
 def test_eval_example_takes_any_model(tmp_path: Path) -> None:
     res = runner.invoke(app, ["eval", "example", "-m", "untrained=tfeat", "--out", str(tmp_path), "-q", "--json", "-"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["descriptor"] == "untrained"
+    assert json.loads(res.stdout)["model"] == "untrained"
     assert (tmp_path / "descriptors" / "untrained" / "i_example1" / "ref.csv").is_file()
     res = runner.invoke(app, ["eval", "example", "-m", "surf"])
     assert res.exit_code == 2 and "unknown model 'surf'" in res.output

@@ -19,7 +19,9 @@ import math
 import os
 import struct
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,16 +30,16 @@ from numpy.typing import NDArray
 
 from descbal.data.patchset import (
     PatchSet,
-    ProgressFn,
     cache_attrs,
     cache_is_current,
     check_pairs,
     fingerprint_files,
-    no_progress,
     read_attrs,
     write_patchset,
 )
 from descbal.errors import BadInputError, DataMissingError
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 PATCH = 64
 TILE = 1024
@@ -194,14 +196,14 @@ def _fill_tile(out: NDArray[np.uint8], index: int, path: Path) -> None:
         out[start : start + count] = grid.reshape(PER_TILE, PATCH, PATCH)[:count]
 
 
-def read_tiles(tiles: list[Path], num_patches: int, progress: ProgressFn | None = None,
+def read_tiles(tiles: list[Path], num_patches: int, progress: Progress | None = None,
                workers: int | None = None) -> NDArray[np.uint8]:
     """The first ``num_patches`` patches of ``tiles`` (in list order). Shape: (N, 64, 64) uint8.
 
     Only the ceil(N / 256) tiles needed are decoded, on up to ``workers`` threads
     (default ``min(MAX_WORKERS, cpu_count)``), reporting ``progress("read tiles", done, total)``.
     """
-    progress = progress or no_progress
+    progress = or_no_progress(progress)
     needed = math.ceil(num_patches / PER_TILE)
     out = np.empty((num_patches, PATCH, PATCH), dtype=np.uint8)
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
@@ -226,7 +228,7 @@ def read_tiles(tiles: list[Path], num_patches: int, progress: ProgressFn | None 
     return out
 
 
-def read_brown_folder(folder: str | Path, progress: ProgressFn | None = None,
+def read_brown_folder(folder: str | Path, progress: Progress | None = None,
                       workers: int | None = None) -> PatchSet:
     """Read an extracted Brown folder into memory.
 
@@ -265,6 +267,20 @@ def read_brown_folder(folder: str | Path, progress: ProgressFn | None = None,
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class BrownCacheResult(JsonResult):
+    """One Brown cache: set name, file, patches, pairs, wall time (s), whether it was already up
+    to date (``skipped``) and the fingerprint of its raw files."""
+
+    name: str
+    path: str
+    num_patches: int
+    num_pairs: int
+    seconds: float
+    skipped: bool
+    source_sha256: str
+
+
 def brown_input_files(folder: Path) -> list[Path]:
     """The raw files a Brown cache depends on: the tiles, info.txt and the pairs file."""
     extra = [folder / f for f in (INFO_FILE, PAIRS_FILE) if (folder / f).is_file()]
@@ -278,8 +294,8 @@ def cache_brown(
     raw: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
-) -> dict:
+    progress: Progress | None = None,
+) -> BrownCacheResult:
     """Build (or keep) the HDF5 patch-set cache of one Brown set.
 
     Args:
@@ -297,7 +313,7 @@ def cache_brown(
     file is written to a temporary sibling and renamed, so an error or Ctrl-C leaves no ``out``.
 
     Returns:
-        ``{"name", "path", "num_patches", "num_pairs", "seconds", "skipped", "source_sha256"}``.
+        A :class:`BrownCacheResult`.
 
     Raises:
         DataMissingError: the raw folder does not exist.
@@ -319,6 +335,35 @@ def cache_brown(
     return _summary(name, out, len(ps), ps.num_pairs, t0, False, sha)
 
 
-def _summary(name: str, out: Path, n: int, m: int, t0: float, skipped: bool, sha: str) -> dict:
-    return {"name": name, "path": str(out), "num_patches": n, "num_pairs": m,
-            "seconds": time.perf_counter() - t0, "skipped": skipped, "source_sha256": sha}
+def _summary(name: str, out: Path, n: int, m: int, t0: float, skipped: bool, sha: str) -> BrownCacheResult:
+    return BrownCacheResult(name=name, path=str(out), num_patches=n, num_pairs=m, seconds=time.perf_counter() - t0,
+                            skipped=skipped, source_sha256=sha)
+
+
+def resolve_brown_names(names: Sequence[str], root: str | Path) -> list[str]:
+    """The Brown sets that ``descbal cache brown NAMES`` caches.
+
+    ``["all"]`` alone means every set already downloaded under ``root/brown/`` (in
+    :data:`~descbal.data.sources.BROWN_NAMES` order); otherwise the names are checked and
+    expanded as :func:`~descbal.data.sources.brown_files` does (``all`` among other names is
+    every set, duplicates dropped, order kept).
+
+    Raises:
+        DataMissingError: ``["all"]`` and no set downloaded.
+        BadInputError: an unknown name or no name.
+    """
+    from descbal.data.sources import BROWN_NAMES, brown_files
+
+    root = Path(root)
+    if list(names) == ["all"]:
+        chosen = [n for n in BROWN_NAMES if (root / "brown" / n).is_dir()]
+        if not chosen:
+            raise DataMissingError("no downloaded Brown set under brown/; run 'descbal download brown' first", root)
+        return chosen
+    return [f.key.split("/", 1)[1] for f in brown_files(list(names))]
+
+
+def cache_brown_sets(names: Sequence[str], root: str | Path, *, overwrite: bool = False,
+                     progress: Progress | None = None) -> list[BrownCacheResult]:
+    """:func:`cache_brown` for every set of :func:`resolve_brown_names` (``descbal cache brown``)."""
+    return [cache_brown(name, root, overwrite=overwrite, progress=progress) for name in resolve_brown_names(names, root)]

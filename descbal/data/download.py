@@ -33,7 +33,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,9 +44,8 @@ from descbal.data.archive import extract_archive
 from descbal.data.sources import Mirror, RemoteFile, parse_checksum
 from descbal.errors import BadInputError, DataMissingError, DescbalError
 from descbal.fileio import atomic_path, write_text_atomic
-
-#: ``progress(name, bytes_done, bytes_total_or_None)``, called after every chunk.
-ProgressFn = Callable[[str, int, int | None], None]
+from descbal.progress import Progress
+from descbal.results import JsonResult
 
 MANIFEST_NAME = "manifest.json"
 MARKER_NAME = ".descbal-complete.json"
@@ -316,7 +315,7 @@ def _stream(
     hashes: _Hashes,
     append: bool,
     total: int | None,
-    progress: ProgressFn | None,
+    progress: Progress | None,
 ) -> None:
     """Copy the response body to the ``.part`` while hashing; raise :class:`_Transient` if cut short."""
     read = getattr(resp, "read1", resp.read)  # read1: return what has arrived, so a stall loses nothing
@@ -330,7 +329,7 @@ def _stream(
         raise _Transient(f"connection closed after {hashes.size} of {total} bytes")
 
 
-def _transfer(url: str, state: _PartState, timeout: float, progress: ProgressFn | None) -> tuple[_Hashes, bool]:
+def _transfer(url: str, state: _PartState, timeout: float, progress: Progress | None) -> tuple[_Hashes, bool]:
     """One attempt: resume or start the download of ``url`` into the ``.part`` until complete.
 
     Returns:
@@ -388,7 +387,7 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 def _download_from(
-    url: str, state: _PartState, *, timeout: float, retries: int, backoff: float, progress: ProgressFn | None
+    url: str, state: _PartState, *, timeout: float, retries: int, backoff: float, progress: Progress | None
 ) -> tuple[_Hashes, bool]:
     """Download ``url`` into the ``.part``, retrying transient failures with exponential backoff.
 
@@ -468,7 +467,7 @@ def download_file(
     timeout: float = 30.0,
     retries: int = 3,
     backoff: float = 1.0,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     manifest: Manifest | None = None,
 ) -> DownloadResult:
     """Download one file from the first mirror that delivers a verified copy.
@@ -484,7 +483,7 @@ def download_file(
         retries: Retries per mirror after the first attempt (attempts that made progress are
             free).
         backoff: Seconds before the first retry; doubled for each further one.
-        progress: Optional ``progress(name, done, total)`` callback.
+        progress: ``progress(file name, bytes done, bytes total or None)`` after every chunk.
         manifest: Where unknown checksums are recorded and later checked; every successful
             download is recorded.
 
@@ -522,7 +521,7 @@ def _try_mirror(
     timeout: float,
     retries: int,
     backoff: float,
-    progress: ProgressFn | None,
+    progress: Progress | None,
     manifest: Manifest | None,
 ) -> DownloadResult | None:
     """Download and verify from one mirror; on failure append the reason to ``problems``.
@@ -603,23 +602,40 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
     return None
 
 
+@dataclass
+class FetchedFile(JsonResult):
+    """One remote file made available by :func:`fetch`: its key, where it is (the folder of an
+    archive), the URL it came from, size in bytes, sha256 and whether it was already there
+    (``skipped``), completed from a partial download (``resumed``) and matched a known checksum
+    (``verified``)."""
+
+    key: str
+    path: str
+    url: str
+    size: int
+    sha256: str
+    skipped: bool
+    resumed: bool
+    verified: bool
+
+
+@dataclass
+class FetchReport(JsonResult):
+    """What :func:`fetch` did under the data root ``root``: one :class:`FetchedFile` per file."""
+
+    root: str
+    files: list[FetchedFile]
+
+
 def _summary(
     rf: RemoteFile, path: Path, url: str, size: int, sha256: str, *, skipped: bool, resumed: bool, verified: bool
-) -> dict[str, Any]:
-    """The per-file dict returned by :func:`fetch` (and printed by ``--json``)."""
-    return {
-        "key": rf.key,
-        "path": str(path),
-        "url": url,
-        "size": size,
-        "sha256": sha256,
-        "skipped": skipped,
-        "resumed": resumed,
-        "verified": verified,
-    }
+) -> FetchedFile:
+    """The per-file result of :func:`fetch`."""
+    return FetchedFile(key=rf.key, path=str(path), url=url, size=size, sha256=sha256, skipped=skipped, resumed=resumed,
+                       verified=verified)
 
 
-def _skipped_summary(rf: RemoteFile, folder: Path, marker: dict[str, Any]) -> dict[str, Any]:
+def _skipped_summary(rf: RemoteFile, folder: Path, marker: dict[str, Any]) -> FetchedFile:
     """The summary of an archive whose folder is already complete (from its marker)."""
     url, size = str(marker.get("url", "")), int(marker.get("size", 0))
     verified = bool(marker.get("verified", True))
@@ -672,7 +688,7 @@ def _install_archive(archive: Path, rf: RemoteFile, root: Path, source: dict[str
 
 def _ingest(
     rf: RemoteFile, root: Path, from_file: Path, mirrors: list[Mirror], checksum: str | None, manifest: Manifest
-) -> dict[str, Any]:
+) -> FetchedFile:
     """Install a user-supplied copy of ``rf`` (verified where a checksum is known)."""
     from_file = Path(from_file).expanduser()
     if not from_file.is_file():
@@ -693,7 +709,7 @@ def _ingest(
 
 def _fetch_archive(
     rf: RemoteFile, root: Path, mirrors: list[Mirror], manifest: Manifest, *, keep_archive: bool, dl: dict[str, Any]
-) -> dict[str, Any]:
+) -> FetchedFile:
     """Download and extract one archive unless its folder already holds the completion marker."""
     folder = root / rf.dest
     marker = _read_marker(folder)
@@ -715,7 +731,7 @@ def _fetch_archive(
     return _summary(rf, folder, r.url, r.size, r.sha256, skipped=False, resumed=r.resumed, verified=r.verified)
 
 
-def _fetch_plain(rf: RemoteFile, root: Path, mirrors: list[Mirror], manifest: Manifest, *, dl: dict[str, Any]) -> dict[str, Any]:
+def _fetch_plain(rf: RemoteFile, root: Path, mirrors: list[Mirror], manifest: Manifest, *, dl: dict[str, Any]) -> FetchedFile:
     """Download one plain file unless it already exists with a known checksum."""
     r = download_file(mirrors, _target(rf, root), manifest=manifest, **dl)
     return _summary(rf, r.path, r.url, r.size, r.sha256, skipped=r.skipped, resumed=r.resumed, verified=r.verified)
@@ -729,11 +745,11 @@ def fetch(
     checksum: str | None = None,
     from_file: Path | None = None,
     keep_archive: bool = False,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     timeout: float = 30.0,
     retries: int = 3,
     backoff: float = 1.0,
-) -> list[dict[str, Any]]:
+) -> FetchReport:
     """Make every remote file available under ``root``: download, verify, extract; skip what is done.
 
     An archive is complete when its folder holds the ``.descbal-complete.json`` marker (written
@@ -753,18 +769,19 @@ def fetch(
             checksums; if it matches none and no ``checksum`` is given it is accepted
             (``verified: false``) and recorded in the manifest. It is never deleted.
         keep_archive: Keep downloaded archives beside their folders after extraction.
-        progress: Optional ``progress(name, done, total)`` callback.
+        progress: ``progress(file name, bytes done, bytes total or None)`` after every chunk.
         timeout: Socket timeout in seconds.
         retries: Retries per mirror.
         backoff: First retry delay in seconds, doubled each time.
 
     Returns:
-        One dict per file: ``key, path, url, size, sha256, skipped, resumed, verified``.
+        A :class:`FetchReport`: ``root`` as given and one :class:`FetchedFile` per file.
 
     Raises:
         BadInputError: inconsistent options, a malformed checksum, an unsafe archive.
         DataMissingError: a file could not be downloaded or fails its checksum.
     """
+    given = str(root)
     root = Path(root).expanduser()
     _check_options(files, extra_mirrors, checksum, from_file)
     manifest = Manifest(root)
@@ -781,7 +798,7 @@ def fetch(
             out.append(_fetch_archive(rf, root, mirrors, manifest, keep_archive=keep_archive, dl=dl))
         else:
             out.append(_fetch_plain(rf, root, mirrors, manifest, dl=dl))
-    return out
+    return FetchReport(root=given, files=out)
 
 
 def _check_options(

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,17 +31,17 @@ from numpy.typing import NDArray
 
 from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import (
-    ProgressFn,
     cache_attrs,
     cache_is_current,
     fingerprint_files,
-    no_progress,
     prefetch,
     read_attrs,
     read_groups,
 )
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 PATCH = 65
 MAX_WORKERS = 4
@@ -115,6 +116,23 @@ def _same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+@dataclass
+class HPatchesCacheResult(JsonResult):
+    """The HPatches cache: file, sequences, patches per image type, the task folder beside it
+    (None without one) and task files copied there, wall time (s), whether it was already up to
+    date (``skipped``) and the fingerprint of the release."""
+
+    name: str
+    path: str
+    num_sequences: int
+    num_patches: int
+    tasks: str | None
+    tasks_copied: int
+    seconds: float
+    skipped: bool
+    source_sha256: str
+
+
 def cache_hpatches(
     root: str | Path,
     *,
@@ -122,8 +140,8 @@ def cache_hpatches(
     tasks: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
-) -> dict:
+    progress: Progress | None = None,
+) -> HPatchesCacheResult:
     """Build (or keep) the HDF5 cache of an HPatches patch release.
 
     Args:
@@ -142,9 +160,7 @@ def cache_hpatches(
     renamed, so an error or Ctrl-C leaves no ``out``.
 
     Returns:
-        ``{"name", "path", "num_sequences", "num_patches", "tasks", "tasks_copied", "seconds",
-        "skipped", "source_sha256"}``; ``tasks`` is the folder holding the task files beside
-        the cache, or None.
+        An :class:`HPatchesCacheResult`.
 
     Raises:
         DataMissingError: the release folder, or an explicitly given task folder, is missing.
@@ -177,13 +193,13 @@ def cache_hpatches(
     if skipped:
         total = int(read_attrs(out)["num_patches"])
     else:
-        total = _write_hpatches(out, release, seqs, sha, progress or no_progress)
-    return {"name": "hpatches", "path": str(out), "num_sequences": len(seqs), "num_patches": total,
-            "tasks": None if tasks_dst is None else str(tasks_dst), "tasks_copied": copied,
-            "seconds": time.perf_counter() - t0, "skipped": skipped, "source_sha256": sha}
+        total = _write_hpatches(out, release, seqs, sha, or_no_progress(progress))
+    return HPatchesCacheResult(name="hpatches", path=str(out), num_sequences=len(seqs), num_patches=total,
+                               tasks=None if tasks_dst is None else str(tasks_dst), tasks_copied=copied,
+                               seconds=time.perf_counter() - t0, skipped=skipped, source_sha256=sha)
 
 
-def _write_hpatches(out: Path, release: Path, seqs: Sequence[str], sha: str, progress: ProgressFn) -> int:
+def _write_hpatches(out: Path, release: Path, seqs: Sequence[str], sha: str, progress: Progress) -> int:
     """Read every sequence (on a few threads, in order) and write the cache atomically.
     Returns the total number of patches per type."""
     workers = min(MAX_WORKERS, os.cpu_count() or 1)

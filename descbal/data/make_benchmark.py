@@ -34,6 +34,8 @@ from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_veri
 from descbal.errors import BadInputError, DataMissingError
 from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patch
 from descbal.images import to_gray
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 PATCH = 65
 #: Jitter per level as (max rotation deg, max |log2 scale| per axis, max translation as a fraction
@@ -143,26 +145,38 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
     return out
 
 
+@dataclass
+class BenchmarkResult(JsonResult):
+    """A built benchmark: output folder, split name, patches per sequence, sequences skipped
+    (``{"sequence", "reason"}``), and the patch and task folders."""
+
+    out: str
+    split: str
+    sequences: dict[str, int]
+    skipped: list[dict[str, str]]
+    patches: str
+    tasks: str
+
+
 def make_benchmark(sequences_dir: str | Path, out: str | Path, cfg: BenchmarkConfig = BenchmarkConfig(),
-                   progress=None) -> dict:
-    """Build the benchmark. Returns a summary (sequences, patches per sequence, paths)."""
+                   progress: Progress | None = None) -> BenchmarkResult:
+    """Build the benchmark (``progress("sequences", done, total)``)."""
     src, out = Path(sequences_dir), Path(out)
     if not src.is_dir():
         raise DataMissingError("sequences folder not found", src)
     folders = [f for f in list_sequence_folders(src)]
     if not folders:
         raise BadInputError("no sequence folders (with 1.ppm|png and H_1_k files)", src)
+    progress = or_no_progress(progress)
     rng = np.random.default_rng(cfg.seed)
     data, skipped = {}, []
     for i, f in enumerate(folders):
-        if progress is not None:
-            progress("sequences", i, len(folders))
+        progress("sequences", i, len(folders))
         try:
             data[f.name] = sequence_patches(f, cfg, np.random.default_rng([cfg.seed, i]))
         except BadInputError as e:
             skipped.append({"sequence": f.name, "reason": str(e)})
-    if progress is not None:
-        progress("sequences", len(folders), len(folders))
+    progress("sequences", len(folders), len(folders))
     if not data:
         raise BadInputError("no usable sequence: " + "; ".join(s["reason"] for s in skipped), src)
     write_patch_release(out / "patches", data)
@@ -174,5 +188,5 @@ def make_benchmark(sequences_dir: str | Path, out: str | Path, cfg: BenchmarkCon
     n_q = min(cfg.queries, total // 4)
     write_retrieval_tasks(tasks, cfg.split, {k: data[k][0] for k in sorted(data)}, n_q,
                           min(cfg.distractors, total - n_q), rng)
-    return {"out": str(out), "split": cfg.split, "sequences": lengths, "skipped": skipped,
-            "patches": str(out / "patches"), "tasks": str(tasks)}
+    return BenchmarkResult(out=str(out), split=cfg.split, sequences=lengths, skipped=skipped, patches=str(out / "patches"),
+                           tasks=str(tasks))

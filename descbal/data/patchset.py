@@ -29,12 +29,10 @@ from numpy.typing import NDArray
 from descbal import __version__
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path, sha256_hex
+from descbal.progress import Progress, or_no_progress
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-#: ``progress(task, done, total)``, called as work advances.
-ProgressFn = Callable[[str, int, int], None]
 
 #: Version of the cache file layouts written by :mod:`descbal.data`; bump on any change.
 CACHE_FORMAT = 1
@@ -42,10 +40,6 @@ CACHE_FORMAT = 1
 CHUNK_PATCHES = 1024
 #: Patches written per slice (progress and interruption granularity).
 WRITE_SLICE = 65536
-
-
-def no_progress(task: str, done: int, total: int) -> None:
-    """Progress callback that does nothing."""
 
 
 @dataclass
@@ -184,7 +178,7 @@ def load_patchset(path: str | Path) -> PatchSet:
 
 
 def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | None = None,
-                   progress: ProgressFn | None = None) -> None:
+                   progress: Progress | None = None) -> None:
     """Write ``ps`` to ``path`` atomically (temporary sibling, renamed when complete).
 
     ``patches`` is chunked by :data:`CHUNK_PATCHES` patches, uncompressed; it is written in
@@ -192,7 +186,7 @@ def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | No
     are stored as file attributes next to ``name``, ``num_patches`` and ``format``. An exception
     or Ctrl-C midway leaves neither ``path`` nor the temporary file.
     """
-    progress = progress or no_progress
+    progress = or_no_progress(progress)
     n, h, w = ps.patches.shape
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w", locking=False) as h5:
         h5.attrs["name"] = ps.name

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from descbal.data.patchset import (
     cache_attrs,
     cache_is_current,
     fingerprint_files,
-    no_progress,
     write_patchset,
 )
 from descbal.errors import BadInputError, DataMissingError
@@ -48,6 +46,8 @@ from descbal.geometry import (
     sample_warped_patch,
 )
 from descbal.images import UnreadableImageError, list_images, read_gray
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 
 @dataclass(frozen=True)
@@ -201,11 +201,11 @@ def _pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, 
 
 
 def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
-               progress: Callable[[str, int, int], None] | None = None) -> tuple[PatchSet, list[dict[str, str]]]:
+               progress: Progress | None = None) -> tuple[PatchSet, list[dict[str, str]]]:
     """Patch set from every photo of ``folder``. Returns the set and the skipped photos
     (``{"path", "reason"}``)."""
     folder = Path(folder)
-    progress = progress or no_progress
+    progress = or_no_progress(progress)
     files = list_images(folder)
     if not files:
         raise DataMissingError("no image files (jpg, png, ppm, ...) found", folder)
@@ -249,20 +249,41 @@ def config_hash(cfg: PoolConfig) -> str:
     return sha256_hex(json.dumps(asdict(cfg), sort_keys=True))[:16]
 
 
+@dataclass
+class PoolResult(JsonResult):
+    """A self-supervised patch pool (``descbal cache images``): file, whether it was already up
+    to date (``skipped``; then only these three fields are set) and the fingerprint of photos and
+    config; when built, the photos found and skipped (``{"path", "reason"}``), patches, keypoint
+    classes, held-out pairs and patches, and wall time (s)."""
+
+    OMIT_NONE = ("images", "skipped_images", "num_patches", "num_classes", "num_pairs", "holdout_patches", "seconds")
+
+    path: str
+    skipped: bool
+    source_sha256: str
+    images: int | None = None
+    skipped_images: list[dict[str, str]] | None = None
+    num_patches: int | None = None
+    num_classes: int | None = None
+    num_pairs: int | None = None
+    holdout_patches: int | None = None
+    seconds: float | None = None
+
+
 def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConfig(), *, overwrite: bool = False,
-                 progress: Callable[[str, int, int], None] | None = None) -> dict:
+                 progress: Progress | None = None) -> PoolResult:
     """Build (or skip, when up to date) the patch pool of a photo folder into ``out`` (HDF5,
-    Brown schema plus ``holdout``). Returns a summary for ``--json``."""
+    Brown schema plus ``holdout``). ``progress("images", ...)`` then ``progress("write", ...)``."""
     folder, out = Path(folder), Path(out)
     start = time.perf_counter()
     files = list_images(folder)
     source = sha256_hex(fingerprint_files(files, folder) + config_hash(cfg))
     if not overwrite and cache_is_current(out, source):
-        return {"path": str(out), "skipped": True, "source_sha256": source}
+        return PoolResult(path=str(out), skipped=True, source_sha256=source)
     ps, skipped = build_pool(folder, cfg, progress)
     attrs = cache_attrs(folder.name, source, config=json.dumps(asdict(cfg)), skipped=json.dumps(skipped))
     write_patchset(out, ps, attrs, progress=progress)
-    return {"path": str(out), "skipped": False, "source_sha256": source, "images": len(files),
-            "skipped_images": skipped, "num_patches": len(ps), "num_classes": int(len(np.unique(ps.labels))),
-            "num_pairs": ps.num_pairs, "holdout_patches": int(ps.holdout.sum()) if ps.holdout is not None else 0,
-            "seconds": time.perf_counter() - start}
+    return PoolResult(path=str(out), skipped=False, source_sha256=source, images=len(files), skipped_images=skipped,
+                      num_patches=len(ps), num_classes=int(len(np.unique(ps.labels))), num_pairs=ps.num_pairs,
+                      holdout_patches=int(ps.holdout.sum()) if ps.holdout is not None else 0,
+                      seconds=time.perf_counter() - start)

@@ -34,11 +34,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from descbal.data.patchset import (
-    ProgressFn,
     cache_attrs,
     cache_is_current,
     fingerprint_files,
-    no_progress,
     prefetch,
     read_attrs,
     read_groups,
@@ -46,6 +44,8 @@ from descbal.data.patchset import (
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
 from descbal.images import read_image
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 #: Accepted image extensions, in order of preference.
 IMAGE_EXTS: tuple[str, ...] = (".ppm", ".png", ".jpg", ".jpeg")
@@ -176,8 +176,22 @@ def list_sequence_folders(src_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class SequencesCacheResult(JsonResult):
+    """The sequences cache: file, sequences, images, wall time (s), whether it was already up to
+    date (``skipped``) and the fingerprint of its source files."""
+
+    name: str
+    path: str
+    num_sequences: int
+    num_images: int
+    seconds: float
+    skipped: bool
+    source_sha256: str
+
+
 def cache_sequences(src_dir: str | Path, out: str | Path, *, overwrite: bool = False,
-                    progress: ProgressFn | None = None) -> dict:
+                    progress: Progress | None = None) -> SequencesCacheResult:
     """Build (or keep) the HDF5 cache of every sequence folder under ``src_dir``.
 
     A sequence is a sub-folder holding ``1.<ext>``. ``source_sha256`` fingerprints the image and
@@ -187,7 +201,7 @@ def cache_sequences(src_dir: str | Path, out: str | Path, *, overwrite: bool = F
     ``progress("sequences", done, total)``.
 
     Returns:
-        ``{"name", "path", "num_sequences", "num_images", "seconds", "skipped", "source_sha256"}``.
+        A :class:`SequencesCacheResult`.
 
     Raises:
         DataMissingError: ``src_dir`` does not exist.
@@ -209,12 +223,12 @@ def cache_sequences(src_dir: str | Path, out: str | Path, *, overwrite: bool = F
     if skipped:
         num_images = int(read_attrs(out)["num_images"])
     else:
-        num_images = _write_sequences(out, folders, sha, progress or no_progress)
-    return {"name": "sequences", "path": str(out), "num_sequences": len(folders), "num_images": num_images,
-            "seconds": time.perf_counter() - t0, "skipped": skipped, "source_sha256": sha}
+        num_images = _write_sequences(out, folders, sha, or_no_progress(progress))
+    return SequencesCacheResult(name="sequences", path=str(out), num_sequences=len(folders), num_images=num_images,
+                                seconds=time.perf_counter() - t0, skipped=skipped, source_sha256=sha)
 
 
-def _write_sequences(out: Path, folders: list[Path], sha: str, progress: ProgressFn) -> int:
+def _write_sequences(out: Path, folders: list[Path], sha: str, progress: Progress) -> int:
     """Read the sequences (a few threads, in order) and write the cache atomically.
     Returns the number of images written."""
     num_images = 0

@@ -9,6 +9,7 @@ HDF5 file with a ``descriptors`` dataset.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -18,6 +19,22 @@ from numpy.typing import NDArray
 from descbal.data.brown import read_pairs_file
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.metrics import Fpr95Definition, fpr95
+from descbal.results import JsonResult
+
+
+@dataclass
+class BrownResult(JsonResult):
+    """FPR95 of descriptors on a Brown pairs list: numbers of pairs, matching and non-matching
+    pairs, the FPR95 definition, ``fpr95`` (a fraction) and, for a model, its display name."""
+
+    OMIT_NONE = ("model",)
+
+    pairs: int
+    matches: int
+    non_matches: int
+    definition: str
+    fpr95: float
+    model: str | None = None
 
 
 def read_pairs(path: str | Path) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
@@ -83,12 +100,8 @@ def evaluate_brown(
     labels: NDArray[np.int64],
     definition: Fpr95Definition = "hardnet",
     source: str | Path | None = None,
-) -> dict:
-    """FPR95 of per-patch descriptors on a pairs list.
-
-    Returns:
-        ``{"pairs", "matches", "non_matches", "definition", "fpr95"}`` with ``fpr95`` a fraction.
-    """
+) -> BrownResult:
+    """FPR95 of per-patch descriptors on a pairs list (see :class:`BrownResult`)."""
     n = len(descriptors)
     bad = np.flatnonzero((id1 < 0) | (id1 >= n) | (id2 < 0) | (id2 >= n))
     if len(bad):
@@ -100,10 +113,5 @@ def evaluate_brown(
         value = fpr95(d, labels, definition)
     except ValueError as e:
         raise BadInputError(str(e), source) from None
-    return {
-        "pairs": int(len(labels)),
-        "matches": int(labels.sum()),
-        "non_matches": int(len(labels) - labels.sum()),
-        "definition": definition,
-        "fpr95": float(value),
-    }
+    return BrownResult(pairs=int(len(labels)), matches=int(labels.sum()), non_matches=int(len(labels) - labels.sum()),
+                       definition=definition, fpr95=float(value))

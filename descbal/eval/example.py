@@ -22,10 +22,11 @@ from numpy.typing import NDArray
 
 from descbal.data.hpatches_data import write_patch_release
 from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
-from descbal.eval.hpatches import ProgressFn, evaluate_hpatches
+from descbal.eval.hpatches import HPatchesResult, evaluate_hpatches
 from descbal.eval.hpatches_io import load_descriptors, write_descriptor_tree
 from descbal.eval.model_eval import describe_hpatches, patch_descriptor
 from descbal.models.resolve import ModelSpec, resolve_model
+from descbal.progress import Progress
 
 PATCH = 65
 SPLIT = "example"
@@ -98,12 +99,12 @@ def run_example(
     model: ModelSpec = "sift",
     seed: int = 0,
     patches_per_sequence: int = 300,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     describe: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
     device: str | torch.device | None = None,
-) -> dict:
-    """Generate the example, describe it and evaluate it. Returns the evaluation document, with
-    ``descriptor``: the model's display name.
+) -> HPatchesResult:
+    """Generate the example, describe it and evaluate it. Returns the evaluation, with
+    ``model``: the model's display name.
 
     Args:
         out_dir: where ``patches/``, ``descriptors/<name>/`` and ``tasks/`` are written.
@@ -129,7 +130,6 @@ def run_example(
     write_verification_tasks(tasks, SPLIT, lengths, num_pairs=11 * total, rng=rng)
     write_retrieval_tasks(tasks, SPLIT, {k: v[0] for k, v in seqs.items()}, total // 4, total * 2 // 3, rng)
     loaded = load_descriptors(desc_dir, list(seqs))
-    kwargs = {"progress": progress} if progress is not None else {}
-    result = evaluate_hpatches(loaded, tasks, SPLIT, **kwargs)
-    result["descriptor"] = resolved.name
+    result = evaluate_hpatches(loaded, tasks, SPLIT, progress=progress)
+    result.model = resolved.name
     return result

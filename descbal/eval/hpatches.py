@@ -21,9 +21,11 @@ The headline numbers are those of the figure code the maintainers point to (prot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,17 +43,37 @@ from descbal.eval.hpatches_io import (
     task_file,
     type_index,
 )
+from descbal.progress import NO_PROGRESS, Progress, or_no_progress
+from descbal.results import JsonResult
 
 TASKS: tuple[str, ...] = ("verification", "matching", "retrieval")
 POOL_SIZES: tuple[int, ...] = (100, 500, 1000, 5000, 10000, 15000, 20000)
 NUM_POSITIVES = 5
 
-#: ``progress(task, done, total)`` is called as work advances.
-ProgressFn = Callable[[str, int, int], None]
 
 
-def _noop(task: str, done: int, total: int) -> None:
-    return None
+@dataclass
+class HPatchesResult(JsonResult):
+    """The HPatches evaluation document (README, "JSON schema"); all values are fractions.
+
+    ``verification``: ``{noise: {"intra"|"inter": {"balanced_auc", "imbalanced_ap"}}}``;
+    ``matching``: ``{"per_image": [{"sequence", "noise", "image", "ap", "sr"}]}``;
+    ``retrieval``: ``{"pool_sizes": [...], "map": {noise: {str(k): mean AP}}}``; a task not
+    run is None and absent from ``to_json()``. ``headline``: see :func:`headline`.
+    ``model``: the display name of the model that made the descriptors (``eval hpatches --model``,
+    ``eval example``), else None and absent.
+    """
+
+    OMIT_NONE = ("verification", "matching", "retrieval", "model")
+
+    split: str
+    distance: str
+    sequences: list[str]
+    verification: dict[str, Any] | None = None
+    matching: dict[str, Any] | None = None
+    retrieval: dict[str, Any] | None = None
+    headline: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
 
 
 class _Flat:
@@ -110,7 +132,7 @@ def verification_scores(
 
 
 def evaluate_verification(
-    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: ProgressFn = _noop
+    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
 ) -> dict:
     """``{noise: {"intra"|"inter": {"balanced_auc", "imbalanced_ap"}}}`` for the split."""
     files = {k: task_file(tasks_dir, f"verif_{k}", split) for k in ("pos", "neg_intra", "neg_inter")}
@@ -147,7 +169,7 @@ def evaluate_verification(
 
 
 def evaluate_matching(
-    descriptors: HPatchesDescriptors, sequences: Sequence[str], dist: Distance, progress: ProgressFn = _noop
+    descriptors: HPatchesDescriptors, sequences: Sequence[str], dist: Distance, progress: Progress = NO_PROGRESS
 ) -> dict:
     """``{"per_image": [{"sequence", "noise", "image", "ap", "sr"}, ...]}`` in split order."""
     per_image = []
@@ -264,7 +286,7 @@ def retrieval_ap(
 
 
 def evaluate_retrieval(
-    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: ProgressFn = _noop
+    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
 ) -> dict:
     """``{"pool_sizes": [...], "map": {noise: {str(k): mean AP}}}`` for the split."""
     q = read_patch_list(task_file(tasks_dir, "retr_queries", split), flat.index, flat.lengths)
@@ -295,16 +317,16 @@ def evaluate_retrieval(
 # --------------------------------------------------------------------------------------------
 
 
-def headline(results: dict) -> dict[str, float]:
+def headline(results: Mapping[str, Any]) -> dict[str, float]:
     """Paper-style headline numbers (fractions): verification = mean of the 6 imbalanced APs;
     matching = mean of the illumination and viewpoint averages (each the mean over e/h/t of the
     mean over sequences of the mean over images; a split with one category uses that one);
     retrieval = mean over e/h/t of the mean over the pool sizes."""
     out: dict[str, float] = {}
-    if "verification" in results:
+    if results.get("verification") is not None:
         v = results["verification"]
         out["verification"] = float(np.mean([v[t][k]["imbalanced_ap"] for t in NOISE_LEVELS for k in ("intra", "inter")]))
-    if "matching" in results:
+    if results.get("matching") is not None:
         per_seq: dict[tuple[str, str], list[float]] = {}
         for r in results["matching"]["per_image"]:
             per_seq.setdefault((r["sequence"], r["noise"]), []).append(r["ap"])
@@ -320,7 +342,7 @@ def headline(results: dict) -> dict[str, float]:
         if not cats:  # sequences named neither i_* nor v_*: plain mean over everything
             cats = [np.mean([np.mean(a) for a in per_seq.values()])]
         out["matching"] = float(np.mean(cats))
-    if "retrieval" in results:
+    if results.get("retrieval") is not None:
         m = results["retrieval"]["map"]
         out["retrieval"] = float(np.mean([np.mean(list(m[t].values())) for t in NOISE_LEVELS]))
     return out
@@ -332,8 +354,8 @@ def evaluate_hpatches(
     split: str = "a",
     tasks: Sequence[str] = TASKS,
     distance: str = "L2",
-    progress: ProgressFn = _noop,
-) -> dict:
+    progress: Progress | None = None,
+) -> HPatchesResult:
     """Run the HPatches tasks on loaded descriptors.
 
     Args:
@@ -344,7 +366,7 @@ def evaluate_hpatches(
         distance: ``L2`` or ``L1``.
 
     Returns:
-        The result document (see README, "JSON schema"); tasks not run are absent.
+        The :class:`HPatchesResult`; tasks not run are None.
     """
     tasks_dir = Path(tasks_dir)
     spl = get_split(tasks_dir, split)
@@ -359,13 +381,14 @@ def evaluate_hpatches(
         dist = get_distance(distance)
     except ValueError as e:
         raise BadInputError(str(e)) from None
-    result: dict = {"split": split, "distance": distance, "sequences": sequences}
+    progress = or_no_progress(progress)
+    result = HPatchesResult(split, distance, sequences)
     flat = _Flat(descriptors, sequences) if {"verification", "retrieval"} & set(tasks) else None
     if "verification" in tasks:
-        result["verification"] = evaluate_verification(flat, tasks_dir, split, dist, progress)
+        result.verification = evaluate_verification(flat, tasks_dir, split, dist, progress)
     if "matching" in tasks:
-        result["matching"] = evaluate_matching(descriptors, sequences, dist, progress)
+        result.matching = evaluate_matching(descriptors, sequences, dist, progress)
     if "retrieval" in tasks:
-        result["retrieval"] = evaluate_retrieval(flat, tasks_dir, split, dist, progress)
-    result["headline"] = headline(result)
+        result.retrieval = evaluate_retrieval(flat, tasks_dir, split, dist, progress)
+    result.headline = headline(result.to_json())
     return result

@@ -9,6 +9,7 @@ on uint8, replicated bit for bit in ``descbal.models.describe``); classical desc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError
-from descbal.eval.brown import evaluate_brown
+from descbal.eval.brown import BrownResult, evaluate_brown
 from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
@@ -47,10 +48,10 @@ def patch_descriptor(model: ModelSpec, device: str | torch.device | None = None)
 
 
 def evaluate_brown_model(model: ModelSpec, patchset: PatchSet, definition: Fpr95Definition = "hardnet",
-                         max_pairs: int = 0, device: str | torch.device | None = None) -> dict:
+                         max_pairs: int = 0, device: str | torch.device | None = None) -> BrownResult:
     """FPR95 of ``model`` (any model spec) on a Brown-schema patch set's pairs (only the patches in
-    pairs are described). ``max_pairs`` > 0 keeps the first pairs only. The result also holds
-    ``model``, the display name."""
+    pairs are described). ``max_pairs`` > 0 keeps the first pairs only. The result's ``model`` is
+    the display name."""
     if patchset.pairs is None or len(patchset.pairs) == 0:
         raise BadInputError(f"patch set {patchset.name!r} has no pairs to evaluate")
     resolved = resolve_model(model)
@@ -58,7 +59,7 @@ def evaluate_brown_model(model: ModelSpec, patchset: PatchSet, definition: Fpr95
     ids, inv = np.unique(pairs[:, :2], return_inverse=True)
     desc = patch_descriptor(resolved, device)(patchset.patches[ids])
     inv = inv.reshape(-1, 2)
-    return {**evaluate_brown(desc, inv[:, 0], inv[:, 1], pairs[:, 2], definition), "model": resolved.name}
+    return replace(evaluate_brown(desc, inv[:, 0], inv[:, 1], pairs[:, 2], definition), model=resolved.name)
 
 
 def load_hpatches_patches(source: str | Path, sequences: Sequence[str]) -> dict[str, NDArray[np.uint8]]:

@@ -20,7 +20,8 @@ mutual-nearest-neighbour matches (:func:`descbal.match.mutual_nn`), then
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,35 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.geometry import PatchGeometry, apply_homography
 from descbal.images import to_gray
 from descbal.models.resolve import ModelSpec, resolve_model
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 HOMOGRAPHY_EPS: tuple[int, ...] = (1, 3, 5)
 RANSAC_THRESHOLD = 3.0
 SPLITS = ("overall", "illumination", "viewpoint")
+
+
+@dataclass
+class SequencesResult(JsonResult):
+    """Matching on sequences with homographies, every model on every sequence.
+
+    ``models``: one ``{"name", "provenance", "thresholds", "num_features", "mma": {split: [10] |
+    None}, "num_matches": {split}, "homography_accuracy": {split: {"1", "3", "5"}}, "num_pairs":
+    {split}, "pairs": [{"sequence", "k", "num_matches", "mma": [10], "corner_error"}],
+    "seconds"}`` per model (splits: overall, illumination, viewpoint; MMA and accuracies are
+    fractions, thresholds and errors pixels).
+    """
+
+    root: str
+    sequences: list[str]
+    thresholds: list[int]
+    homography_eps: list[int]
+    detector: str
+    max_keypoints: int
+    geometry: dict[str, Any]
+    ratio: float | None
+    models: list[dict[str, Any]]
 
 
 def reprojection_errors(kp1: NDArray, kpk: NDArray, matches: NDArray[np.int32], h_1k: NDArray) -> NDArray[np.float64]:
@@ -104,7 +129,7 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
                        max_keypoints: int = 2048, geometry: PatchGeometry = PatchGeometry(), ratio: float | None = None,
                        device: str | torch.device = "auto", sequences: Sequence[str] | None = None,
                        names: Sequence[str] | None = None,
-                       progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                       progress: Progress | None = None) -> SequencesResult:
     """Detect, describe, match and score every model on every sequence under ``root``.
 
     Args:
@@ -114,14 +139,10 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
             result each; all are resolved before any work.
         sequences: only these sequence names (default: all, sorted).
         names: display names of the models (default: the resolver's display names).
-        progress: ``progress(done, total, label)`` per image pair.
+        progress: ``progress("pairs", done, total)`` per image pair (all models together).
 
     Returns:
-        ``{"root", "sequences", "thresholds", "homography_eps", "detector", "max_keypoints",
-        "geometry", "ratio", "models": [{"name", "provenance", "mma": {split: [10] | None},
-        "num_features", "num_matches": {split}, "homography_accuracy": {split: {"1","3","5"}},
-        "num_pairs": {split}, "pairs": [{"sequence", "k", "num_matches", "mma": [10],
-        "corner_error"}], "seconds"}]}``.
+        A :class:`SequencesResult`.
 
     Raises:
         DataMissingError: ``root`` is missing.
@@ -146,7 +167,7 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
     if names is not None and len(names) != len(models):
         raise BadInputError(f"{len(names)} names for {len(models)} models")
     resolved = [resolve_model(m, name=None if names is None else names[i]) for i, m in enumerate(models)]
-    progress = progress or (lambda done, total, label: None)
+    progress = or_no_progress(progress)
     seqs = [read_sequence(f) for f in folders]
     total = sum(len([k for k in s.homographies if k in s.image_ids]) for s in seqs) * len(models)
     done = 0
@@ -174,17 +195,17 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
                 pairs.append({"sequence": seq.name, "k": k, "split": split, "errors": errs,
                               "num_matches": int((m >= 0).sum()), "corner_error": ce})
                 done += 1
-                progress(done, total, f"{label} {seq.name} 1-{k}")
+                progress("pairs", done, total)
         res = {"name": label, "provenance": ext.provenance, **summarise(pairs, n_feats)}
         res["pairs"] = [{"sequence": p["sequence"], "k": p["k"], "num_matches": p["num_matches"],
                          "mma": [float(np.mean(p["errors"] <= t)) if len(p["errors"]) else 0.0 for t in THRESHOLDS],
                          "corner_error": p["corner_error"] if np.isfinite(p["corner_error"]) else None} for p in pairs]
         res["seconds"] = time.perf_counter() - t0
         results.append(res)
-    return {"root": str(root), "sequences": [s.name for s in seqs], "thresholds": list(THRESHOLDS),
-            "homography_eps": list(HOMOGRAPHY_EPS), "detector": detector, "max_keypoints": max_keypoints,
-            "geometry": {k: getattr(geometry, k) for k in geometry.__dataclass_fields__}, "ratio": ratio,
-            "models": results}
+    return SequencesResult(root=str(root), sequences=[s.name for s in seqs], thresholds=list(THRESHOLDS),
+                           homography_eps=list(HOMOGRAPHY_EPS), detector=detector, max_keypoints=max_keypoints,
+                           geometry={k: getattr(geometry, k) for k in geometry.__dataclass_fields__}, ratio=ratio,
+                           models=results)
 
 
 def _match(d1: NDArray, dk: NDArray, ratio: float | None, device: torch.device) -> tuple[NDArray[np.int32], NDArray]:
@@ -207,25 +228,25 @@ def _text(img: NDArray, s: str, org: tuple[int, int], scale: float = 0.5, colour
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
 
 
-def plotted_splits(result: dict[str, Any]) -> list[str]:
+def plotted_splits(result: SequencesResult) -> list[str]:
     """The splits (of Overall, Illumination, Viewpoint) for which some model has an MMA curve;
     ``["overall"]`` when none has (an empty panel then says so)."""
-    have = [s for s in SPLITS if any(m["mma"].get(s) is not None for m in result["models"])]
+    have = [s for s in SPLITS if any(m["mma"].get(s) is not None for m in result.models)]
     return have or ["overall"]
 
 
-def render_mma(result: dict[str, Any], panel: tuple[int, int] = (420, 360)) -> NDArray[np.uint8]:
+def render_mma(result: SequencesResult, panel: tuple[int, int] = (420, 360)) -> NDArray[np.uint8]:
     """An image (BGR) of MMA against threshold: one panel per split with data
     (:func:`plotted_splits`: Overall, then Illumination and Viewpoint when there are such
     sequences), one line per model, legend below with the models' display names.
     Shape: -> (H, n_panels * panel width, 3) uint8."""
     pw, ph = panel
     ml, mr, mt, mb = 60, 22, 40, 45
-    models = result["models"]
+    models = result.models
     legend_h = 24 * len(models) + 10
     splits = plotted_splits(result)
     img = np.full((ph + legend_h, len(splits) * pw, 3), 255, np.uint8)
-    th = result["thresholds"]
+    th = result.thresholds
     for pi, split in enumerate(splits):
         x0 = pi * pw
         left, right, top, bottom = x0 + ml, x0 + pw - mr, mt, ph - mb
@@ -270,7 +291,7 @@ def render_mma(result: dict[str, Any], panel: tuple[int, int] = (420, 360)) -> N
     return img
 
 
-def plot_mma(result: dict[str, Any], path: str | Path) -> None:
+def plot_mma(result: SequencesResult, path: str | Path) -> None:
     """Write :func:`render_mma` as a PNG, atomically."""
     from descbal.fileio import atomic_path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from descbal.extract.writers import Features, open_writer
 from descbal.geometry import PatchGeometry
 from descbal.images import UnreadableImageError, list_images, read_gray
 from descbal.models.resolve import ModelSpec
-
-ProgressFn = Callable[[int, int, str], None]  # (done, total, name)
+from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,25 @@ class ExtractConfig:
     batch_size: int = 1024  # patches per forward pass
     half: bool = False  # store descriptors as float16
     bf16: bool = False  # run the network under bfloat16 autocast
+
+
+@dataclass
+class ExtractResult(JsonResult):
+    """What :func:`extract_folder` did: images found, extracted, already in the output and
+    failed (``{"name", "reason"}``), keypoints written, wall time (s), images/s and the
+    provenance stored in the output."""
+
+    images_dir: str
+    out: str
+    format: str
+    images: int
+    extracted: int
+    skipped_existing: int
+    failed: list[dict[str, str]]
+    num_keypoints: int
+    seconds: float
+    images_per_s: float
+    provenance: dict[str, Any]
 
 
 class FeatureExtractor:
@@ -107,16 +125,16 @@ def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:
 
 
 def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig = ExtractConfig(), *, fmt: str = "hloc",
-                   overwrite: bool = False, progress: ProgressFn | None = None,
-                   extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+                   overwrite: bool = False, progress: Progress | None = None,
+                   extractor: FeatureExtractor | None = None) -> ExtractResult:
     """Extract features for every image under ``images_dir`` (recursive) into ``out``.
 
     Names are POSIX paths relative to ``images_dir``. Images already in ``out`` are skipped
-    unless ``overwrite`` (which starts the output afresh).
+    unless ``overwrite`` (which starts the output afresh). ``progress("images", done, total)``
+    counts the images to do.
 
     Returns:
-        ``{"images_dir", "out", "format", "images", "extracted", "skipped_existing", "failed":
-        [{"name", "reason"}], "num_keypoints", "seconds", "images_per_s", "provenance"}``.
+        An :class:`ExtractResult`.
 
     Raises:
         DataMissingError: ``images_dir`` missing or without images.
@@ -132,14 +150,14 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
         raise DataMissingError("no image files (jpg, png, ppm, ...) found", images_dir)
     ext = extractor if extractor is not None else FeatureExtractor.from_config(cfg)
     prov = {**ext.provenance, "descriptors_dtype": "float16" if cfg.half else "float32", "format": fmt}
-    progress = progress or (lambda done, total, name: None)
+    progress = or_no_progress(progress)
     failed: list[dict[str, str]] = []
     done = n_kp = 0
     with open_writer(fmt, out, prov, overwrite=overwrite, half=cfg.half) as writer:
         have = writer.existing()
         todo = [f for f in files if f.relative_to(images_dir).as_posix() not in have]
         skipped = len(files) - len(todo)
-        progress(0, len(todo), "")
+        progress("images", 0, len(todo))
         for i, (path, img, err) in enumerate(prefetch(_load, todo, 1)):
             name = path.relative_to(images_dir).as_posix()
             if img is None:
@@ -152,8 +170,8 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
                     writer.write(name, feats)
                     done += 1
                     n_kp += len(feats)
-            progress(i + 1, len(todo), name)
+            progress("images", i + 1, len(todo))
     secs = time.perf_counter() - t0
-    return {"images_dir": str(images_dir), "out": str(out), "format": fmt, "images": len(files), "extracted": done,
-            "skipped_existing": skipped, "failed": failed, "num_keypoints": n_kp, "seconds": secs,
-            "images_per_s": (done / secs) if secs > 0 else 0.0, "provenance": prov}
+    return ExtractResult(images_dir=str(images_dir), out=str(out), format=fmt, images=len(files), extracted=done,
+                         skipped_existing=skipped, failed=failed, num_keypoints=n_kp, seconds=secs,
+                         images_per_s=(done / secs) if secs > 0 else 0.0, provenance=prov)

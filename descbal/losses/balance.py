@@ -5,8 +5,8 @@ the hardest positive distance a_c and hardest negative distance b_c mined on the
 (``descbal.losses.miners``):
 
 * **self-supervised weight** (§3.1): the same network in eval mode, without gradient, gives the
-  teacher descriptors (the pipeline's teacher, ``descbal.losses.teachers``); the teacher margin ``m_c = bT_c - aT_c`` is measured at the
-  *student-mined* indices, and ``w_c = teacher_weight(m_c)`` is 0 at or below ``lo``, the
+  teacher descriptors (the pipeline's teacher, ``descbal.losses.teachers``); the teacher margin
+  ``m_c = bT_c - aT_c`` is measured at the *student-mined* indices, and ``w_c = teacher_weight(m_c)`` is 0 at or below ``lo``, the
   concave ramp ``1 - ((m - hi) / (lo - hi))^2`` between ``lo`` and ``hi``, 1 at or above ``hi``;
 * **dynamic boundary** (§3.2): ``B = 2 (median(b) + A median(a))`` with the lower median, detached,
   and ``b~_c = min(b_c, B / 2)``;

@@ -1,8 +1,9 @@
 """Teachers: a no-gradient second view of the batch that a loss weighs its tuples with.
 
 ``"self"`` is Self-TNet's (self-tnet.md §3.1): the student network itself in eval mode
-(BatchNorm running statistics, no dropout); a path is a frozen external model
-(through the one model resolver, ``descbal.models.resolve_model``). The trainer calls ``teacher(model, x)`` before the student pass.
+(BatchNorm running statistics, no dropout); a path is a frozen external model (through the
+one model resolver, ``descbal.models.resolve_model``). The trainer calls ``teacher(model, x)``
+before the student pass.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ class Trainer:
         vs = self.val_set
         if vs is None or vs.pairs is None:
             return None
-        return evaluate_brown_model(self.model, vs, max_pairs=self.cfg.data.val_pairs, device=self.device)["fpr95"]
+        return evaluate_brown_model(self.model, vs, max_pairs=self.cfg.data.val_pairs, device=self.device).fpr95
 
     # ------------------------------------------------------------------ the loop
 

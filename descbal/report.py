@@ -1,0 +1,223 @@
+"""What the CLI shows on stderr: every table and summary line, built from the typed results.
+
+Each function takes a pipeline's result and returns rich renderables (tables, and strings with
+rich markup) that :func:`descbal.console.show` prints; numbers shown as percentages are
+``100 x`` the result's fractions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from rich.table import Table
+
+from descbal.eval.hpatches import POOL_SIZES
+from descbal.eval.hpatches_io import NOISE_LEVELS
+
+if TYPE_CHECKING:  # only for annotations: the report of a download need not import torch
+    from descbal.data.download import FetchReport
+    from descbal.data.make_benchmark import BenchmarkResult
+    from descbal.data.selfsup import PoolResult
+    from descbal.eval.brown import BrownResult
+    from descbal.eval.hpatches import HPatchesResult
+    from descbal.eval.sequences import SequencesResult
+    from descbal.extract.pipeline import ExtractResult
+    from descbal.match import MatchResult
+    from descbal.quickstart import QuickstartResult
+    from descbal.train.trainer import TrainSummary
+
+Renderable = Table | str
+
+_NOISE_NAMES = {"e": "Easy", "h": "Hard", "t": "Tough"}
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:6.2f}"
+
+
+# ------------------------------------------------------------------------------ eval
+
+
+def hpatches_tables(result: HPatchesResult) -> list[Table]:
+    """Per-noise tables for each task run, then the headline numbers (percentages)."""
+    tables = []
+    if result.verification is not None:
+        v = result.verification
+        t = Table(title=f"Verification (split {result.split}, {result.distance})")
+        t.add_column("noise")
+        for col in ("bal. AUC inter", "bal. AUC intra", "imb. AP inter", "imb. AP intra"):
+            t.add_column(col, justify="right")
+        for n in NOISE_LEVELS:
+            t.add_row(_NOISE_NAMES[n], _pct(v[n]["inter"]["balanced_auc"]), _pct(v[n]["intra"]["balanced_auc"]),
+                      _pct(v[n]["inter"]["imbalanced_ap"]), _pct(v[n]["intra"]["imbalanced_ap"]))
+        tables.append(t)
+    if result.matching is not None:
+        rows = result.matching["per_image"]
+        t = Table(title="Matching mAP (mean over sequences and images)")
+        t.add_column("noise")
+        for col in ("illumination", "viewpoint", "all"):
+            t.add_column(col, justify="right")
+        for n in NOISE_LEVELS:
+            cells = []
+            for prefix in ("i_", "v_", ""):
+                vals = [r["ap"] for r in rows if r["noise"] == n and r["sequence"].startswith(prefix)]
+                cells.append(_pct(float(np.mean(vals))) if vals else "-")
+            t.add_row(_NOISE_NAMES[n], *cells)
+        tables.append(t)
+    if result.retrieval is not None:
+        m = result.retrieval["map"]
+        t = Table(title="Retrieval mAP by pool size")
+        t.add_column("noise")
+        for k in POOL_SIZES:
+            t.add_column(str(k), justify="right")
+        t.add_column("mean", justify="right")
+        for n in NOISE_LEVELS:
+            vals = [m[n][str(k)] for k in POOL_SIZES]
+            t.add_row(_NOISE_NAMES[n], *(_pct(x) for x in vals), _pct(float(np.mean(vals))))
+        tables.append(t)
+    h = result.headline
+    if h:
+        t = Table(title="HPatches headline (%)")
+        for k in h:
+            t.add_column(k, justify="right")
+        t.add_row(*(_pct(x) for x in h.values()))
+        tables.append(t)
+    return tables
+
+
+def example_report(result: HPatchesResult, out: Path | None) -> list[Renderable]:
+    """``descbal eval example``: the HPatches tables, and where the example was kept."""
+    lines: list[Renderable] = list(hpatches_tables(result))
+    if out is not None:
+        lines.append(f"example written to {out} (patches/, descriptors/{result.model}/, tasks/)")
+    return lines
+
+
+def brown_table(result: BrownResult) -> Table:
+    """One-row table of a Brown FPR95 result."""
+    t = Table(title=f"Brown FPR95 ({result.definition} definition)")
+    for col in ("pairs", "matches", "non-matches", "FPR95 (%)"):
+        t.add_column(col, justify="right")
+    t.add_row(str(result.pairs), str(result.matches), str(result.non_matches), f"{100 * result.fpr95:.4f}")
+    return t
+
+
+def sequences_report(result: SequencesResult, plot: Path | None = None) -> list[Renderable]:
+    """``descbal eval sequences``: MMA at 1/3/5/10 px, features, matches and homography accuracy
+    per model and split (splits without sequences left out), and where the plot went."""
+    t = Table(title=f"Sequences under {result.root} ({len(result.sequences)}; detector {result.detector})")
+    for col in ("model", "split", "pairs", "MMA@1", "MMA@3", "MMA@5", "MMA@10", "features", "matches",
+                "H@1", "H@3", "H@5"):
+        t.add_column(col, justify="left" if col in ("model", "split") else "right")
+    for m in result.models:
+        for split in ("overall", "illumination", "viewpoint"):
+            mma = m["mma"][split]
+            if mma is None:
+                continue
+            h = m["homography_accuracy"][split]
+            t.add_row(m["name"], split, str(m["num_pairs"][split]), *(f"{mma[i]:.3f}" for i in (0, 2, 4, 9)),
+                      f"{m['num_features']:.0f}", f"{m['num_matches'][split]:.0f}", *(f"{h[e]:.3f}" for e in ("1", "3", "5")))
+    lines: list[Renderable] = [t]
+    if plot is not None:
+        lines.append(f"plot written to {plot}")
+    return lines
+
+
+# ------------------------------------------------------------------------------ extract, match
+
+
+def extract_report(result: ExtractResult) -> list[Renderable]:
+    """``descbal extract``: one line per failed image, then the summary line."""
+    lines: list[Renderable] = [f"[yellow]skipped[/yellow] {f['name']}: {f['reason']}" for f in result.failed]
+    lines.append(f"{result.out}: {result.extracted} image(s) extracted ({result.num_keypoints} keypoints, "
+                 f"{result.images_per_s:.1f} images/s), {result.skipped_existing} already there, "
+                 f"{len(result.failed)} failed")
+    return lines
+
+
+def match_report(result: MatchResult) -> list[Renderable]:
+    """``descbal match``: the summary line."""
+    return [f"{result.out}: {result.matched} pair(s) matched ({result.mean_matches:.0f} matches on average), "
+            f"{result.skipped_existing} already there"]
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def download_report(report: FetchReport) -> list[Renderable]:
+    """``descbal download``: one row per file (status, size in MB, sha256 prefix)."""
+    t = Table(title=f"Downloads under {report.root}")
+    for col in ("file", "status", "size (MB)", "sha256"):
+        t.add_column(col)
+    for r in report.files:
+        status = "already downloaded" if r.skipped else ("resumed, verified" if r.resumed else "downloaded")
+        if not r.verified:
+            status += " (no known checksum: recorded in manifest.json)"
+        t.add_row(r.key, status, f"{r.size / 1e6:.1f}", r.sha256[:16] + "...")
+    lines: list[Renderable] = [t]
+    if all(r.skipped for r in report.files):
+        lines.append("Everything was already downloaded; nothing to do.")
+    return lines
+
+
+class CacheResult(Protocol):
+    """What every cache result has (Brown, HPatches, sequences)."""
+
+    path: str
+    skipped: bool
+    seconds: float
+
+
+def cache_report(results: Sequence[CacheResult]) -> list[Renderable]:
+    """``descbal cache brown|hpatches|sequences``: one line per cache file."""
+    return [f"{r.path}: " + ("up to date, skipped" if r.skipped else f"written in {r.seconds:.1f} s") for r in results]
+
+
+def pool_report(result: PoolResult) -> list[Renderable]:
+    """``descbal cache images``: skipped photos and what the pool holds."""
+    if result.skipped:
+        return [f"{result.path}: up to date, skipped"]
+    skipped = result.skipped_images or []
+    lines: list[Renderable] = [f"skipped {s['path']}: {s['reason']}" for s in skipped]
+    lines.append(f"{result.path}: {result.num_patches} patches of {result.num_classes} keypoints from "
+                 f"{(result.images or 0) - len(skipped)} photos, {result.num_pairs} held-out pairs")
+    return lines
+
+
+def benchmark_report(result: BenchmarkResult) -> list[Renderable]:
+    """``descbal make-benchmark``: skipped sequences, and how to evaluate the benchmark."""
+    lines: list[Renderable] = [f"skipped {s['sequence']}: {s['reason']}" for s in result.skipped]
+    lines.append(f"benchmark written to {result.out}: {len(result.sequences)} sequences; evaluate with "
+                 f"'descbal eval hpatches --descriptors DIR --tasks {result.tasks} --split {result.split}'")
+    return lines
+
+
+# ------------------------------------------------------------------------------ train, quickstart
+
+
+def train_start_line(run_dir: Path, device: Any, step: int, total_steps: int) -> str:
+    """``descbal train``: the line before the first step."""
+    return f"run folder {run_dir}; device {device}; step {step}/{total_steps}"
+
+
+def train_report(summary: TrainSummary) -> list[Renderable]:
+    """``descbal train``: validation FPR95 per epoch (%) and where the model went."""
+    lines: list[Renderable] = [f"epoch {rec['epoch']}: validation FPR95 {100 * rec['val_fpr95']:.2f} %"
+                               for rec in summary.validation if rec["val_fpr95"] is not None]
+    lines.append(f"model written to {summary.model}")
+    return lines
+
+
+def quickstart_report(result: QuickstartResult) -> list[Renderable]:
+    """``descbal quickstart``: the comparison table (%) and how to use the trained model."""
+    t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)")
+    for col in ("descriptor", "verification", "matching", "retrieval", "pool FPR95"):
+        t.add_column(col, justify="right")
+    for r in result.rows:
+        fpr = "-" if r["fpr95"] is None else f"{100 * r['fpr95']:.2f}"
+        t.add_row(r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
+                  f"{100 * r['retrieval']:.2f}", fpr)
+    return [t, f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')"]
