@@ -72,7 +72,7 @@ def generate(work: Path, scale: float) -> None:
 def child(work: Path, use_cache: bool, out: Path) -> None:
     """One timed evaluation (run in a fresh process)."""
     from descbal.eval.distances import get_distance
-    from descbal.eval.hpatches import _Flat, evaluate_matching, evaluate_retrieval, evaluate_verification
+    from descbal.eval.hpatches import FlatDescriptors, evaluate_matching, evaluate_retrieval, evaluate_verification
     from descbal.eval.hpatches_io import get_split, load_descriptors
 
     times = {}
@@ -82,7 +82,7 @@ def child(work: Path, use_cache: bool, out: Path) -> None:
     times["load"] = time.perf_counter() - t0
     dist = get_distance("L2")
     t = time.perf_counter()
-    flat = _Flat(desc, split["test"])
+    flat = FlatDescriptors(desc, split["test"])
     res = {"verification": evaluate_verification(flat, work / "tasks", "a", dist)}
     times["verification"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -113,36 +113,13 @@ def eval_hpatches(
 ) -> None:
     """HPatches verification / matching / retrieval, exactly the official Python protocol."""
     from descbal.console import emit_json, progress_reporter, show
-    from descbal.errors import BadInputError
-    from descbal.eval.hpatches import TASKS, evaluate_hpatches
-    from descbal.eval.hpatches_io import get_split, load_descriptors
+    from descbal.eval.model_eval import run_hpatches
     from descbal.report import hpatches_tables
 
-    if (model is None) == (descriptors is None):
-        raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
-    if tasks is None:
-        if patches is None:
-            raise BadInputError("--tasks DIR is required")
-        tasks = patches.parent / "tasks"
-    spl = get_split(tasks, split)
-    if model is not None:
-        if patches is None:
-            raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
-        from descbal.eval.hpatches_io import write_descriptor_tree
-        from descbal.eval.model_eval import hpatches_descriptors
-        from descbal.models import resolve_model
-
-        resolved = resolve_model(model)
-        desc = hpatches_descriptors(resolved, patches, spl["test"], device=device)
-        if export_csv is not None:
-            write_descriptor_tree(export_csv, desc)
-    else:
-        desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=not no_cache)
-    chosen = [t.value for t in task] if task else list(TASKS)
     with progress_reporter(quiet) as progress:
-        result = evaluate_hpatches(desc, tasks, split, chosen, dist.value, progress=progress)
-    if model is not None:
-        result.model = resolved.name
+        result = run_hpatches(tasks, split, descriptors=descriptors, model=model, patches=patches, export_csv=export_csv,
+                              task_names=[t.value for t in task] if task else None, dist=dist.value, delimiter=delimiter,
+                              use_cache=not no_cache, device=device, progress=progress)
     show(hpatches_tables(result), quiet)
     emit_json(result.to_json(), json_out)
 
@@ -162,22 +139,11 @@ def eval_brown(
 ) -> None:
     """Brown / UBC PhotoTour FPR at 95 % recall: --pairs + --descriptors, or --model + --data."""
     from descbal.console import emit_json, show
-    from descbal.errors import BadInputError
-    from descbal.eval.brown import evaluate_brown, load_patch_descriptors, read_pairs
+    from descbal.eval.model_eval import run_brown
     from descbal.report import brown_table
 
-    if model is not None:
-        if data is None or pairs is not None or descriptors is not None:
-            raise BadInputError("--model needs --data SET.h5 (and no --pairs/--descriptors)")
-        from descbal.data.patchset import load_patchset
-        from descbal.eval.model_eval import evaluate_brown_model
-
-        result = evaluate_brown_model(model, load_patchset(data), definition.value, device=device)
-    else:
-        if pairs is None or descriptors is None:
-            raise BadInputError("give --pairs and --descriptors, or --model and --data")
-        id1, id2, labels = read_pairs(pairs)
-        result = evaluate_brown(load_patch_descriptors(descriptors), id1, id2, labels, definition.value, source=pairs)
+    result = run_brown(pairs=pairs, descriptors=descriptors, model=model, data=data, definition=definition.value,
+                       device=device)
     show([brown_table(result)], quiet)
     emit_json(result.to_json(), json_out)
 
@@ -462,12 +428,10 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a descriptor. Precedence: defaults < --recipe < --config < --set < --data/--val."""
-    from descbal.console import emit_json, show, stderr, train_progress
-    from descbal.errors import BadInputError
+    from descbal.console import emit_json, progress_reporter, show, stderr
     from descbal.recipes import recipe_names, recipe_text
     from descbal.report import train_report, train_start_line
-    from descbal.run_config import resolve_run_config
-    from descbal.train.trainer import resume_run, start_run
+    from descbal.train.trainer import open_run
 
     if list_recipes:
         for name in recipe_names():
@@ -476,18 +440,11 @@ def train_cmd(
     if show_recipe is not None:
         typer.echo(recipe_text(show_recipe), nl=False)
         return
-    if resume is not None:
-        if config or recipe or set_ or data or val:
-            raise BadInputError("--resume continues a run with its own config; drop the other options")
-        trainer = resume_run(resume)
-    else:
-        if out is None:
-            raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        trainer = start_run(resolve_run_config(recipe, config, set_ or (), data, val), out)
+    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val)
     show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
-        with train_progress(quiet) as progress:
-            summary = trainer.fit(progress=progress)
+        with progress_reporter(quiet) as progress:
+            summary = trainer.fit(progress=progress, log=None if quiet else stderr.print)
     except KeyboardInterrupt:
         stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
         raise typer.Exit(130) from None

@@ -184,13 +184,6 @@ def progress_reporter(quiet: bool = False, unit: Unit = "items", every: float = 
 
 
 @contextlib.contextmanager
-def train_progress(quiet: bool = False) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
-    """The trainer's current ``progress(step, total, stats)`` callback on :func:`progress_reporter`
-    (task ``"train"``). Transitional: it goes once the trainer calls the Progress protocol."""
-    with progress_reporter(quiet) as progress:
-        yield lambda step, total, stats: progress("train", step, total, stats)
-
-
 def emit_json(doc: Any, target: str | None) -> None:
     """Write ``doc`` (a JSON document, e.g. a result's ``to_json()``) to stdout (``-``) or
     atomically to a file; nothing when None."""

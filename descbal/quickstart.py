@@ -97,7 +97,7 @@ def run_quickstart(out: str | Path, seed: int = 0, quick: bool = False,
     if run_dir.exists():
         shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir, pool, None)
-    trainer.fit(progress=lambda step, total, stats: progress("train", step, total, stats))
+    trainer.fit(progress=progress, log=log)
 
     log("3/4 benchmark from held-out photos with synthetic homographies")
     seq_dir = out / "sequences"

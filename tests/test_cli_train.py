@@ -180,8 +180,8 @@ def test_data_path_with_special_characters(folder: str, tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def _interrupting_progress(quiet: bool = False) -> Iterator:
-    def progress(step: int, total: int, stats: dict) -> None:
-        if step == 1:
+    def progress(task: str, step: int, total: int | None, stats: dict | None = None) -> None:
+        if task == "train" and step == 1:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
     yield progress
@@ -193,7 +193,7 @@ def test_ctrl_c_exits_130_and_resume_completes(sets: tuple[Path, Path], tmp_path
     import descbal.console
 
     out = tmp_path / "run"
-    monkeypatch.setattr(descbal.console, "train_progress", _interrupting_progress)
+    monkeypatch.setattr(descbal.console, "progress_reporter", _interrupting_progress)
     res = run("train", "--recipe", "triplet", "--data", sets[0], *SMALL, "--out", out)
     assert res.exit_code == 130, (res.output, res.exception)
     said = res.stderr.replace("\n", "")  # rich may wrap the hint at the terminal width

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 import descbal.console
-from descbal.console import LogProgress, format_duration, format_number, progress_reporter, train_progress
+from descbal.console import LogProgress, format_duration, format_number, progress_reporter
 from descbal.progress import NO_PROGRESS, or_no_progress
 
 
@@ -106,10 +106,10 @@ def test_reporter_logs_plain_lines_when_not_a_terminal(plain_stderr: tuple[io.St
         clock.t += 3.0
         progress("pairs", 30, 30)
     # long lines are not wrapped at the console width
-    with train_progress() as train:
-        train(0, 4, {"loss": 1.0})
+    with progress_reporter() as train:
+        train("train", 0, 4, {"loss": 1.0})
         clock.t += 2.0
-        train(4, 4, {"loss": 0.12345678, "lr": 3.3e-3, "patches_per_s": 1234.5, "patches": 96.0})
+        train("train", 4, 4, {"loss": 0.12345678, "lr": 3.3e-3, "patches_per_s": 1234.5, "patches": 96.0})
     assert stream.getvalue().splitlines() == [
         "pairs: 6/30 (20 %)  0.5/s  ETA 0:00:48",
         "pairs: 30/30 (100 %)  2.0/s  took 0:00:15",
@@ -122,7 +122,7 @@ def test_quiet_reports_nothing(plain_stderr: tuple[io.StringIO, Clock]) -> None:
     with progress_reporter(quiet=True) as progress:
         assert progress is NO_PROGRESS
         progress("pairs", 3, 3)
-    with train_progress(quiet=True) as train:
-        train(2, 2, {"loss": 1.0})
+    with progress_reporter(quiet=True) as train:
+        train("train", 2, 2, {"loss": 1.0})
     assert stream.getvalue() == ""
     assert or_no_progress(None) is NO_PROGRESS and NO_PROGRESS("x", 1, None, {"a": 1.0}) is None

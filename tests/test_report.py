@@ -23,6 +23,7 @@ from descbal.report import (
     pool_report,
     train_report,
 )
+from descbal.train.trainer import TrainSummary  # noqa: E402
 
 
 def rendered(renderable: object) -> str:
@@ -53,7 +54,7 @@ def test_summary_lines() -> None:
                             patches="b/patches", tasks="b/tasks")
     assert benchmark_report(bench) == ["skipped v_z: r", "benchmark written to b: 1 sequences; evaluate with "
                                        "'descbal eval hpatches --descriptors DIR --tasks b/tasks --split full'"]
-    summary = {"validation": [{"epoch": 1, "val_fpr95": 0.12345}, {"epoch": 2, "val_fpr95": None}], "model": "r/model.pt"}
+    summary = TrainSummary(False, 6, 1.0, ({"epoch": 1, "val_fpr95": 0.12345}, {"epoch": 2, "val_fpr95": None}), "r/model.pt")
     assert train_report(summary) == ["epoch 1: validation FPR95 12.35 %", "model written to r/model.pt"]
 
 

@@ -103,7 +103,8 @@ def test_ctrl_c_saves_and_resumes_identically(cfg: RunConfig, reference, tmp_pat
     trainer = start_run(cfg, run)
     seen: list[int] = []
 
-    def progress(step: int, total: int, stats: dict) -> None:
+    def progress(task: str, step: int, total: int, stats: dict) -> None:
+        assert task == "train"
         seen.append(step)
         assert total == 6 and np.isfinite(stats["loss"])
         if step == 4:
@@ -126,7 +127,7 @@ def test_real_sigint_is_caught_between_steps(cfg: RunConfig, reference, tmp_path
     run = tmp_path / "run"
     trainer = start_run(cfg, run)
 
-    def progress(step: int, total: int, stats: dict) -> None:
+    def progress(task: str, step: int, total: int, stats: dict) -> None:
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -186,6 +187,18 @@ def test_run_folder_contents(cfg: RunConfig, reference) -> None:
     assert load_config(RunConfig, doc["run_config"]) == cfg
 
 
+def test_log_lines_per_phase_and_validation(cfg: RunConfig, reference, tmp_path: Path) -> None:
+    lines: list[str] = []
+    trainer = start_run(cfg, tmp_path / "run")
+    trainer.fit(log=lines.append)
+    fprs = [r["val_fpr95"] for r in reference[1].validation]
+    assert lines == [
+        "phase main: 6 steps (2 x 3) of 8 classes x 3 patches; loss triplet, miner hardest, reducer mean, lr_max 0.003",
+        f"phase main epoch 1: validation FPR95 {100 * fprs[0]:.2f} %",
+        f"phase main epoch 2: validation FPR95 {100 * fprs[1]:.2f} %",
+    ]
+
+
 def test_validation_pairs_limit(cfg: RunConfig, sets: tuple[Path, Path], tmp_path: Path) -> None:
     c = replace(cfg, data=replace(cfg.data, val_pairs=10))
     trainer = start_run(c, tmp_path / "run")
@@ -226,7 +239,7 @@ def test_loss_goes_down(sets: tuple[Path, Path], tmp_path: Path) -> None:
     c = tiny_config(sets[0], None, epochs=1, iters=20, classes=12, seed=0, augment=False)
     losses: list[float] = []
     trainer = start_run(c, tmp_path / "run")
-    trainer.fit(progress=lambda step, total, stats: losses.append(stats["loss"]))
+    trainer.fit(progress=lambda task, step, total, stats: losses.append(stats["loss"]))
     assert len(losses) == 20 and all(np.isfinite(losses))
     first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
     assert last < first - 0.08, (first, last, losses)

@@ -76,7 +76,7 @@ class HPatchesResult(JsonResult):
     model: str | None = None
 
 
-class _Flat:
+class FlatDescriptors:
     """All descriptors of the split stacked into one (sum_s 16 N_s, D) float32 matrix."""
 
     def __init__(self, descriptors: HPatchesDescriptors, sequences: Sequence[str]) -> None:
@@ -132,7 +132,7 @@ def verification_scores(
 
 
 def evaluate_verification(
-    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
+    flat: FlatDescriptors, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
 ) -> dict:
     """``{noise: {"intra"|"inter": {"balanced_auc", "imbalanced_ap"}}}`` for the split."""
     files = {k: task_file(tasks_dir, f"verif_{k}", split) for k in ("pos", "neg_intra", "neg_inter")}
@@ -286,7 +286,7 @@ def retrieval_ap(
 
 
 def evaluate_retrieval(
-    flat: _Flat, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
+    flat: FlatDescriptors, tasks_dir: Path, split: str, dist: Distance, progress: Progress = NO_PROGRESS
 ) -> dict:
     """``{"pool_sizes": [...], "map": {noise: {str(k): mean AP}}}`` for the split."""
     q = read_patch_list(task_file(tasks_dir, "retr_queries", split), flat.index, flat.lengths)
@@ -383,7 +383,7 @@ def evaluate_hpatches(
         raise BadInputError(str(e)) from None
     progress = or_no_progress(progress)
     result = HPatchesResult(split, distance, sequences)
-    flat = _Flat(descriptors, sequences) if {"verification", "retrieval"} & set(tasks) else None
+    flat = FlatDescriptors(descriptors, sequences) if {"verification", "retrieval"} & set(tasks) else None
     if "verification" in tasks:
         result.verification = evaluate_verification(flat, tasks_dir, split, dist, progress)
     if "matching" in tasks:

@@ -23,11 +23,13 @@ from descbal.data.patchset import PatchSet
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError
 from descbal.eval.brown import BrownResult, evaluate_brown
+from descbal.eval.hpatches import HPatchesResult
 from descbal.eval.hpatches_io import HPatchesDescriptors
 from descbal.eval.metrics import Fpr95Definition
 from descbal.models.describe import describe
 from descbal.models.inference import inference_copy
 from descbal.models.resolve import ModelSpec, resolve_model
+from descbal.progress import Progress
 
 PatchDescriptor = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
@@ -96,3 +98,65 @@ def hpatches_descriptors(model: ModelSpec, source: str | Path, sequences: Sequen
     Returns sequence -> (16, N, D) float32."""
     fn = patch_descriptor(model, device)  # resolved before the patches are read: a bad name fails first
     return describe_hpatches(load_hpatches_patches(source, sequences), fn)
+
+
+def run_hpatches(tasks: str | Path | None, split: str, *, descriptors: str | Path | None = None,
+                 model: ModelSpec | None = None, patches: str | Path | None = None, export_csv: str | Path | None = None,
+                 task_names: Sequence[str] | None = None, dist: str = "L2", delimiter: str = ",", use_cache: bool = True,
+                 device: str | torch.device = "auto", progress: Progress | None = None) -> HPatchesResult:
+    """``descbal eval hpatches``: the official protocol on a descriptor tree, or on a model's
+    descriptors of an HPatches patch cache or release.
+
+    Args:
+        tasks: the task folder (default with ``patches``: ``tasks/`` beside it).
+        split: the split whose test sequences are evaluated.
+        descriptors: ``DIR/<sequence>/<type>.csv|.npy``; or ``model`` (any model spec) with
+            ``patches`` (cache ``.h5`` or release folder), optionally writing ``export_csv``.
+        task_names: tasks to run (default all three). dist: ``"L2"`` | ``"L1"``.
+
+    Returns:
+        The :class:`HPatchesResult`, its ``model`` the model's display name.
+    """
+    from descbal.eval.hpatches import TASKS, evaluate_hpatches
+    from descbal.eval.hpatches_io import get_split, load_descriptors, write_descriptor_tree
+
+    if (model is None) == (descriptors is None):
+        raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
+    if tasks is None:
+        if patches is None:
+            raise BadInputError("--tasks DIR is required")
+        tasks = Path(patches).parent / "tasks"
+    spl = get_split(tasks, split)
+    name = None
+    if model is not None:
+        if patches is None:
+            raise BadInputError("--model needs --patches CACHE.h5 (from 'descbal cache hpatches')")
+        resolved = resolve_model(model)
+        name = resolved.name
+        desc = hpatches_descriptors(resolved, patches, spl["test"], device=device)
+        if export_csv is not None:
+            write_descriptor_tree(export_csv, desc)
+    else:
+        assert descriptors is not None
+        desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=use_cache)
+    result = evaluate_hpatches(desc, tasks, split, list(task_names or TASKS), dist, progress=progress)
+    result.model = name
+    return result
+
+
+def run_brown(*, pairs: str | Path | None = None, descriptors: str | Path | None = None, model: ModelSpec | None = None,
+              data: str | Path | None = None, definition: Fpr95Definition = "hardnet",
+              device: str | torch.device = "auto") -> BrownResult:
+    """``descbal eval brown``: FPR95 of ``descriptors`` (.npy or .h5) on a ``pairs`` file, or of
+    ``model`` (any model spec) on a Brown cache ``data`` (patches + pairs)."""
+    from descbal.data.patchset import load_patchset
+    from descbal.eval.brown import load_patch_descriptors, read_pairs
+
+    if model is not None:
+        if data is None or pairs is not None or descriptors is not None:
+            raise BadInputError("--model needs --data SET.h5 (and no --pairs/--descriptors)")
+        return evaluate_brown_model(model, load_patchset(data), definition, device=device)
+    if pairs is None or descriptors is None:
+        raise BadInputError("give --pairs and --descriptors, or --model and --data")
+    id1, id2, labels = read_pairs(pairs)
+    return evaluate_brown(load_patch_descriptors(descriptors), id1, id2, labels, definition, source=pairs)

@@ -22,7 +22,7 @@ import platform
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +41,13 @@ from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, read_checkpoint
+from descbal.progress import Progress, or_no_progress
 from descbal.train.augment import network_input, sample_params
 from descbal.train.config import RunConfig
 from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
 from descbal.train.phases import Phase, build_phases
 from descbal.train.sampler import ClassBatchSampler
 from descbal.train.step import loss_step
-
-#: ``progress(step, total_steps, info)`` is called after every step.
-TrainProgress = Callable[[int, int, dict[str, float]], None]
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -246,12 +244,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, progress: TrainProgress | None = None, stop_after: int | None = None) -> TrainSummary:
+    def fit(self, progress: Progress | None = None, stop_after: int | None = None,
+            log: Callable[[str], None] | None = None) -> TrainSummary:
         """Train from the current position to the end (or until Ctrl-C / ``stop_after`` steps).
 
-        On Ctrl-C the current step finishes, ``checkpoints/last.pt`` is written and
-        KeyboardInterrupt is raised.
+        ``progress("train", step, total_steps, stats)`` is called after every step (stats: loss,
+        lr, patches, patches/s on logged steps, the pipeline's statistics); ``log`` gets one line
+        when a phase starts and one per validation. On Ctrl-C the current step finishes,
+        ``checkpoints/last.pt`` is written and KeyboardInterrupt is raised.
         """
+        progress = or_no_progress(progress)
+        say = log or (lambda line: None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg.loop
         start = time.perf_counter()
@@ -270,6 +273,8 @@ class Trainer:
         try:
             while self.phase < len(self.phases):
                 ph = self.phases[self.phase]
+                if self.epoch == 0 and self.iteration == 0:
+                    say(phase_line(ph))
                 while self.iteration < ph.iters_per_epoch:
                     stats = self.step(self.epoch, self.iteration)
                     self.iteration += 1
@@ -281,8 +286,7 @@ class Trainer:
                         stats["patches_per_s"] = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0.0
                         self._log({"step": step, "phase": ph.name, "epoch": self.epoch, **stats})
-                    if progress is not None:
-                        progress(step, self.total_steps, stats)
+                    progress("train", step, self.total_steps, stats)
                     if self._stop or (stop_after is not None and done_here >= stop_after):
                         self.save()
                         if self._stop:
@@ -294,6 +298,8 @@ class Trainer:
                 rec = {"phase": ph.name, "epoch": finished, "step": self.global_step, "val_fpr95": self.validate()}
                 history.append(rec)
                 self._log(rec)
+                if rec["val_fpr95"] is not None:
+                    say(f"phase {ph.name} epoch {finished}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
                 if self.epoch == ph.epochs:  # the phase is over: the checkpoint starts the next one
                     self.phase += 1
                     self.epoch = 0
@@ -309,6 +315,14 @@ class Trainer:
         save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)))
         return TrainSummary(False, self.total_steps, time.perf_counter() - start, tuple(history),
                             str(self.run_dir / "model.pt"))
+
+
+def phase_line(ph: Phase) -> str:
+    """One line describing a phase as it starts."""
+    p = ph.pipeline
+    return (f"phase {ph.name}: {ph.steps} steps ({ph.epochs} x {ph.iters_per_epoch}) of {ph.classes_per_batch} classes x "
+            f"{ph.npos} patches; loss {p.loss.name}, miner {getattr(p.miner, 'name', type(p.miner).__name__)}, "
+            f"reducer {getattr(p.reducer, 'name', type(p.reducer).__name__)}, lr_max {ph.schedule.lr_max:g}")
 
 
 def _class_positions(labels: np.ndarray) -> np.ndarray:
@@ -346,3 +360,20 @@ def resume_run(run_dir: str | Path) -> Trainer:
     trainer = Trainer(cfg, run_dir, train, val)
     trainer.load_state(ckpt)
     return trainer
+
+
+def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
+             config: str | Path | None = None, overrides: Sequence[str] = (), data: str | Path | None = None,
+             val: str | Path | None = None) -> Trainer:
+    """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
+    or started in ``out`` from the config resolved as recipe < config < overrides < data/val
+    (:func:`descbal.run_config.resolve_run_config`)."""
+    from descbal.run_config import resolve_run_config
+
+    if resume is not None:
+        if config or recipe or overrides or data or val:
+            raise BadInputError("--resume continues a run with its own config; drop the other options")
+        return resume_run(resume)
+    if out is None:
+        raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    return start_run(resolve_run_config(recipe, config, overrides, data, val), out)
