@@ -48,8 +48,8 @@ import cv2
 import numpy as np
 import torch
 
+from descbal.detectors import detect
 from descbal.extract.describers import NetworkDescriber
-from descbal.extract.detectors import detect
 from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry, patch_affines
 from descbal.images import UnreadableImageError, read_gray

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from descbal import __version__
+from descbal.detectors import DETECTORS
 from descbal.errors import DescbalError
 from descbal.geometry import ANGLE_UNITS, PIXEL_ORIGINS, SIZE_KINDS
 
@@ -184,7 +185,8 @@ class FeatFormat(str, Enum):
 
 
 _GEO = "Geometry (keypoint -> patch)"
-DetectorOpt = Annotated[str, typer.Option(help="Keypoint detector: sift (DoG), orb, gftt, akaze.")]
+# the detectors this OpenCV build has, from the one registry (descbal.detectors)
+DetectorOpt = Annotated[str, typer.Option(help=DETECTORS.help())]
 MaxKpOpt = Annotated[int, typer.Option("--max-keypoints", help="Keep the strongest keypoints by response (0: all).")]
 MagOpt = Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter.", rich_help_panel=_GEO)]
 SizeKindOpt = Annotated[SizeKind, typer.Option("--size-kind", help="Keypoint size is a diameter or a sigma.",
@@ -259,12 +261,9 @@ def extract_cmd(
         return
     if images_dir is None or model is None or out is None:
         raise BadInputError("usage: descbal extract IMAGES_DIR --model MODEL --out FILE (or --list FILE)")
-    from descbal.extract.detectors import DETECTORS
     from descbal.extract.pipeline import ExtractConfig, extract_folder
     from descbal.report import extract_report
 
-    if detector not in DETECTORS:
-        raise BadInputError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
     if max_keypoints < 0 or batch_size < 1:
         raise BadInputError("--max-keypoints must be >= 0 and --batch-size >= 1")
     cfg = ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints,
@@ -457,7 +456,7 @@ def train_cmd(
 def cache_images_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", help="Output patch pool (.h5, Brown schema + holdout).")],
-    detector: Annotated[str, typer.Option(help="sift (DoG), orb or akaze.")] = "sift",
+    detector: DetectorOpt = "sift",
     max_keypoints: Annotated[int, typer.Option(help="Keypoints per photo, strongest first.")] = 300,
     views: Annotated[int, typer.Option(help="Views per keypoint (the photo itself plus random homographies).")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,

@@ -15,6 +15,14 @@ a field of :class:`PatchGeometry`. The defaults describe OpenCV keypoints:
 
 Patch pixel (u, v), with centres at 0..P-1, maps to the image point
 ``c + s R(theta) ((u, v) - (P - 1) / 2)`` with ``s = mag * diameter / P``.
+
+:func:`decode_keypoints` is the one place these conventions are read: it gives OpenCV's terms
+(``cv2.KeyPoint`` position, size and angle; what feature files store) and the patch rotation,
+and :func:`patch_affines` builds on it. Patches are sampled bilinearly with OpenCV's
+``BORDER_REFLECT_101`` (mirrored without repeating the edge pixel) from a :func:`build_pyramid`
+level chosen by :func:`pyramid_level`: on the host by :func:`remap` (the data builders through
+:func:`sample_warped_patches`, ``extract`` through ``descbal.extract.sampling``), on a GPU by
+``descbal.extract.sampling``'s atlas, which mirrors coordinates the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from numpy.typing import NDArray
 SIZE_KINDS: tuple[str, ...] = ("diameter", "sigma")
 ANGLE_UNITS: tuple[str, ...] = ("deg", "rad")
 PIXEL_ORIGINS: tuple[str, ...] = ("center", "corner")
+#: Rows of one ``cv2.remap`` call's maps (OpenCV requires fewer than 32,767): 1,000 patches of 32x32.
+REMAP_ROWS = 32000
+_HOMOGRAPHY_ROWS = 16384  # points per product in apply_homography
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,48 @@ class PatchGeometry:
             raise ValueError("mag must be positive")
 
 
+@dataclass(frozen=True)
+class KeypointFrames:
+    """Keypoints decoded under a :class:`PatchGeometry` into OpenCV's conventions.
+
+    Attributes:
+        xy: (N, 2) float64 positions, pixel centres at integers.
+        diameter: (N,) float64 neighbourhood diameters in pixels (``cv2.KeyPoint.size``).
+        angle: (N,) float64 OpenCV angles: degrees in [0, 360), clockwise in y-down images, 0
+            when upright (``cv2.KeyPoint.angle``, hloc's ``oris``).
+        theta: (N,) float64 the patch's rotation in radians, the same angle before wrapping
+            (kept as given so that patch affines do not move by the rounding of a wrap).
+    """
+
+    xy: NDArray[np.float64]
+    diameter: NDArray[np.float64]
+    angle: NDArray[np.float64]
+    theta: NDArray[np.float64]
+
+
+def decode_keypoints(xy: NDArray[np.floating], size: NDArray[np.floating], angle: NDArray[np.floating],
+                     geometry: PatchGeometry) -> KeypointFrames:
+    """Keypoints given in ``geometry``'s conventions, in OpenCV's (see :class:`KeypointFrames`).
+
+    Args:
+        xy: (N, 2) positions (x right, y down), in the geometry's pixel origin.
+        size: (N,) sizes (diameters or sigmas, per the geometry).
+        angle: (N,) orientations (unit and sign per the geometry; ignored when upright).
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    d = np.asarray(size, dtype=np.float64).reshape(-1) * (2.0 if geometry.size_kind == "sigma" else 1.0)
+    a = np.asarray(angle, dtype=np.float64).reshape(-1)
+    if geometry.upright:
+        deg, theta = np.zeros_like(a), np.zeros_like(a)
+    elif geometry.angle_unit == "deg":
+        deg, theta = np.mod(a * geometry.angle_sign, 360.0), np.deg2rad(a) * geometry.angle_sign
+    else:
+        deg, theta = np.mod(np.rad2deg(a) * geometry.angle_sign, 360.0), a * geometry.angle_sign
+    if geometry.pixel_origin == "corner":
+        xy = xy - 0.5
+    return KeypointFrames(xy, d, deg, theta)
+
+
 def patch_affines(xy: NDArray[np.floating], size: NDArray[np.floating], angle: NDArray[np.floating],
                   geometry: PatchGeometry, patch_size: int) -> NDArray[np.float64]:
     """Affine maps from patch pixel coordinates to image coordinates.
@@ -62,17 +115,11 @@ def patch_affines(xy: NDArray[np.floating], size: NDArray[np.floating], angle: N
         (N, 2, 3) matrices A with ``(x, y) = A @ (u, v, 1)``, image coordinates with pixel centres
         at integers.
     """
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    d = np.asarray(size, dtype=np.float64).reshape(-1) * (2.0 if geometry.size_kind == "sigma" else 1.0)
-    th = np.asarray(angle, dtype=np.float64).reshape(-1)
-    if geometry.angle_unit == "deg":
-        th = np.deg2rad(th)
-    th = np.zeros_like(th) if geometry.upright else th * geometry.angle_sign
-    if geometry.pixel_origin == "corner":
-        xy = xy - 0.5
-    s = geometry.mag * d / patch_size
+    f = decode_keypoints(xy, size, angle, geometry)
+    xy = f.xy
+    s = geometry.mag * f.diameter / patch_size
     c = (patch_size - 1) / 2.0
-    cos, sin = np.cos(th) * s, np.sin(th) * s
+    cos, sin = np.cos(f.theta) * s, np.sin(f.theta) * s
     a = np.empty((len(xy), 2, 3))
     a[:, 0, 0], a[:, 0, 1] = cos, -sin
     a[:, 1, 0], a[:, 1, 1] = sin, cos
@@ -98,23 +145,27 @@ def build_pyramid(image: NDArray[np.uint8], min_side: int = 16) -> list[NDArray[
     return levels
 
 
-def sample_patch(pyramid: list[NDArray[np.uint8]], map_x: NDArray[np.float32], map_y: NDArray[np.float32],
-                 scale: float, border: int | None = None) -> NDArray[np.uint8]:
-    """Sample one patch given per-pixel image coordinates, from the pyramid level that keeps the
-    residual down-scaling below 2x. Shape: maps (P, P) -> (P, P) uint8."""
+def remap(level: NDArray, map_x: NDArray[np.float32], map_y: NDArray[np.float32]) -> NDArray:
+    """``level`` sampled at per-pixel coordinates: bilinear, ``BORDER_REFLECT_101`` outside (the
+    host's one sampler). Callers pass at most :data:`REMAP_ROWS` rows of maps.
+
+    Shape: (H, W) level, maps (R, C) float32 -> (R, C) of the level's dtype (uint8 is rounded).
+    """
     import cv2
 
-    lv = int(pyramid_level(np.array([scale]), len(pyramid) - 1)[0])
-    f = 1.0 / (1 << lv)
-    flag = cv2.BORDER_REFLECT_101 if border is None else border
-    return cv2.remap(pyramid[lv], (map_x * f).astype(np.float32), (map_y * f).astype(np.float32),
-                     cv2.INTER_LINEAR, borderMode=flag)
+    return cv2.remap(level, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def apply_homography(hm: NDArray[np.floating], pts: NDArray[np.floating]) -> NDArray[np.float64]:
     """Points through a 3x3 homography (with the perspective division). Shape: (..., 2) -> (..., 2)."""
     p = np.asarray(pts, dtype=np.float64)
-    q = p @ np.asarray(hm)[:, :2].T + np.asarray(hm)[:, 2]
+    flat, lin, shift = p.reshape(-1, 2), np.asarray(hm)[:, :2].T, np.asarray(hm)[:, 2]
+    q = np.empty((len(flat), 3))
+    # (B, 2) @ (2, 3) products: matmul on a stack of patches makes one tiny product per patch row,
+    # about 10x slower; the values are the same
+    for s in range(0, len(flat), _HOMOGRAPHY_ROWS):
+        q[s : s + _HOMOGRAPHY_ROWS] = flat[s : s + _HOMOGRAPHY_ROWS] @ lin + shift
+    q = q.reshape(p.shape[:-1] + (3,))
     return q[..., :2] / q[..., 2:3]
 
 
@@ -133,18 +184,38 @@ def homography_jacobian(hm: NDArray[np.floating], pts: NDArray[np.floating]) -> 
     return j
 
 
-def sample_warped_patch(pyramid: list[NDArray[np.uint8]], affine: NDArray[np.floating], homography: NDArray | None,
-                        scale: float, patch_size: int) -> NDArray[np.uint8]:
-    """One patch whose pixels map through ``affine`` (patch -> frame) and then, if given, through
-    ``homography`` (frame -> image), sampled anti-aliased by :func:`sample_patch`.
+def sample_warped_patches(pyramid: list[NDArray[np.uint8]], affines: NDArray[np.floating], homography: NDArray | None,
+                          scales: NDArray[np.floating], patch_size: int) -> NDArray[np.uint8]:
+    """Patches whose pixels map through ``affines`` (patch -> frame) and then, if given, through
+    one ``homography`` (frame -> image), each sampled by :func:`remap` from the pyramid level that
+    keeps its residual down-scaling below 2x (anti-aliasing). All patches of one level go in one
+    call: the same pixels as patch by patch.
 
-    ``scale``: image pixels per patch pixel (chooses the pyramid level).
-    Shape: -> (patch_size, patch_size) uint8.
+    Args:
+        affines: (N, 2, 3) patch-to-frame maps.
+        scales: (N,) image pixels per patch pixel (they choose the pyramid levels).
+
+    Shape: -> (N, patch_size, patch_size) uint8.
     """
-    g = np.arange(patch_size, dtype=np.float64)
+    a = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
+    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+    chunk = max(1, REMAP_ROWS // patch_size)  # bounds the coordinates' memory (tens of MB)
+    if len(a) > chunk:
+        return np.concatenate([sample_warped_patches(pyramid, a[i : i + chunk], homography, s[i : i + chunk], patch_size)
+                               for i in range(0, len(a), chunk)])
+    p = patch_size
+    g = np.arange(p, dtype=np.float64)
     u, v = np.meshgrid(g, g)
-    pts = np.stack([affine[0, 0] * u + affine[0, 1] * v + affine[0, 2],
-                    affine[1, 0] * u + affine[1, 1] * v + affine[1, 2]], axis=-1)
+    pts = np.stack([a[:, 0, 0, None, None] * u + a[:, 0, 1, None, None] * v + a[:, 0, 2, None, None],
+                    a[:, 1, 0, None, None] * u + a[:, 1, 1, None, None] * v + a[:, 1, 2, None, None]], axis=-1)
     if homography is not None:
         pts = apply_homography(homography, pts)
-    return sample_patch(pyramid, pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32), scale)
+    map_x, map_y = pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32)
+    lv = pyramid_level(s, len(pyramid) - 1)
+    out = np.empty((len(a), p, p), pyramid[0].dtype)
+    for level in np.unique(lv):
+        idx = np.flatnonzero(lv == level)
+        f = 1.0 / (1 << int(level))
+        out[idx] = remap(pyramid[level], (map_x[idx] * f).astype(np.float32).reshape(-1, p),
+                         (map_y[idx] * f).astype(np.float32).reshape(-1, p)).reshape(-1, p, p)
+    return out

@@ -1,17 +1,23 @@
-"""The built-in example: deterministic, realistic numbers, and the README's first command."""
+"""The built-in example: make-benchmark's generator on textures, deterministic, realistic
+numbers, and the README's first command."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from descbal.cli import app
 from descbal.data.hpatches_layout import TYPES
-from descbal.eval.example import make_example_patches, run_example
+from descbal.data.make_benchmark import BenchmarkConfig, sequence_patches
+from descbal.data.sequences import Sequence
+from descbal.data.synthetic import synthetic_sequence
+from descbal.eval.example import make_example_patches, run_example, texture
 
 runner = CliRunner()
 
@@ -29,6 +35,16 @@ def test_example_patches_layout_and_determinism() -> None:
     assert err[0] < err[1] < err[2]
 
 
+def test_example_is_make_benchmarks_generator_on_textures() -> None:
+    # sequence k: its own seed [seed, k] for the texture, the synthetic homographies and photometry
+    # (descbal.data.synthetic) and make-benchmark's detection, jitter and sampling
+    a = make_example_patches(seed=3, num_sequences=2, patches_per_sequence=10)
+    rng = np.random.default_rng([3, 1])
+    images, hs = synthetic_sequence(texture(rng), "v", rng)
+    exp = sequence_patches(Sequence("v_example1", images, hs), BenchmarkConfig(seed=3, max_keypoints=10), rng)
+    np.testing.assert_array_equal(a["v_example1"], exp)
+
+
 def test_run_example_writes_release_layout(tmp_path: Path) -> None:
     res = run_example(tmp_path, seed=1, patches_per_sequence=60)
     png = cv2.imread(str(tmp_path / "patches" / "i_example1" / "t3.png"), cv2.IMREAD_GRAYSCALE)
@@ -36,13 +52,17 @@ def test_run_example_writes_release_layout(tmp_path: Path) -> None:
     assert (tmp_path / "descriptors" / "sift" / "v_example3" / "ref.csv").is_file()
     assert (tmp_path / "tasks" / "splits" / "splits.json").is_file()
     h = res.headline
-    # SIFT on this example: strong but not perfect; tough jitter is the hardest.
-    assert 0.5 < h["verification"] < 1.0 and 0.3 < h["matching"] < 0.95 and 0.5 < h["retrieval"] < 1.0
+    # SIFT on this example: HPatches-like (0.56 / 0.22 / 0.27 here); tough jitter is the hardest.
+    assert 0.45 < h["verification"] < 0.8 and 0.1 < h["matching"] < 0.5 and 0.15 < h["retrieval"] < 0.6
     v = res.verification
-    assert v["e"]["intra"]["imbalanced_ap"] > v["t"]["intra"]["imbalanced_ap"]
+    assert v["e"]["intra"]["imbalanced_ap"] > v["h"]["intra"]["imbalanced_ap"] > v["t"]["intra"]["imbalanced_ap"]
 
 
-def test_cli_example_json_deterministic() -> None:
+def test_cli_example_json_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from descbal.eval import example
+
+    # 60 points per sequence instead of 300: the same command, a fifth of the generation time
+    monkeypatch.setattr(example, "run_example", functools.partial(example.run_example, patches_per_sequence=60))
     a = runner.invoke(app, ["eval", "example", "-q", "--json", "-", "--seed", "2"])
     assert a.exit_code == 0, a.output
     b = runner.invoke(app, ["eval", "example", "-q", "--json", "-", "--seed", "2"])

@@ -15,7 +15,7 @@ from descbal.cli import app
 from descbal.data.patchset import load_patchset
 from descbal.data.selfsup import PoolConfig, build_pool, cache_images
 from descbal.errors import BadInputError
-from descbal.geometry import PatchGeometry, patch_affines
+from descbal.geometry import PatchGeometry, build_pyramid, decode_keypoints, patch_affines, sample_warped_patches
 from descbal.train.sampler import ClassBatchSampler
 
 runner = CliRunner()
@@ -61,6 +61,54 @@ def test_angle_sign_and_unit() -> None:
     np.testing.assert_allclose(up[0], [[1, 0, 0], [0, 1, 0]])
     with pytest.raises(ValueError):
         PatchGeometry(size_kind="radius")
+
+
+def test_decode_keypoints_gives_opencv_terms_and_the_patch_rotation() -> None:
+    # sigma 3.2 = diameter 6.4; corner origin (40.5, 30.5) = pixel centre (40, 30); -30 deg in the
+    # opposite sense is OpenCV's 330; the patch turns by -pi/6 (unwrapped)
+    f = decode_keypoints(np.array([[40.5, 30.5]]), np.array([3.2]), np.array([30.0]),
+                         PatchGeometry(size_kind="sigma", pixel_origin="corner", angle_sign=-1.0))
+    np.testing.assert_array_equal(f.xy, [[40.0, 30.0]])
+    assert f.diameter[0] == 6.4 and f.angle[0] == 330.0 and f.theta[0] == -np.pi / 6
+    r = decode_keypoints(np.array([[1.0, 2.0]]), np.array([5.0]), np.array([2.5 * np.pi]), PatchGeometry(angle_unit="rad"))
+    assert r.angle[0] == pytest.approx(90.0) and r.theta[0] == 2.5 * np.pi and r.diameter[0] == 5.0
+    up = decode_keypoints(np.array([[1.0, 2.0]]), np.array([5.0]), np.array([77.0]), PatchGeometry(upright=True))
+    assert up.angle[0] == 0.0 and up.theta[0] == 0.0
+
+
+def test_opencv_keypoints_and_stored_features_read_the_geometry_like_patches() -> None:
+    from descbal.detectors import Keypoints
+    from descbal.extract.describers import opencv_keypoints
+
+    geo = PatchGeometry(size_kind="sigma", pixel_origin="corner", angle_sign=-1.0)
+    k = opencv_keypoints(Keypoints(np.array([[40.5, 30.5]]), np.array([3.2]), np.array([30.0]), np.array([1.0])), geo)[0]
+    assert k.pt == (40.0, 30.0) and k.size == pytest.approx(6.4) and k.angle == pytest.approx(330.0)
+    # the patch of the same keypoint: centred on (40, 30), side 5 x 6.4 px, x axis at -30 deg
+    a = patch_affines(np.array([[40.5, 30.5]]), np.array([3.2]), np.array([30.0]), geo, 32)[0]
+    s = 5 * 6.4 / 32
+    np.testing.assert_allclose(a[:, :2], s * np.array([[np.cos(np.pi / 6), np.sin(np.pi / 6)],
+                                                       [-np.sin(np.pi / 6), np.cos(np.pi / 6)]]), atol=1e-12)
+    np.testing.assert_allclose(a @ [15.5, 15.5, 1], [40.0, 30.0], atol=1e-12)
+
+
+def test_warped_patches_in_one_batch_equal_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import descbal.geometry as geometry
+
+    rng = np.random.default_rng(0)
+    pyr = build_pyramid(cv2.GaussianBlur(rng.integers(0, 256, (120, 150), dtype=np.uint8), (0, 0), 1.0))
+    n = 40
+    scale, th = rng.uniform(0.3, 9.0, n), rng.uniform(0, 7, n)  # levels 0..3, borders crossed
+    a = np.zeros((n, 2, 3))
+    cos, sin = scale * np.cos(th), scale * np.sin(th)
+    a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1] = cos, -sin, sin, cos
+    a[:, :, 2] = rng.uniform(-20, 160, (n, 2))
+    hm = np.array([[1.05, 0.04, 2.0], [-0.03, 0.97, -3.0], [1e-4, -2e-4, 1.0]])
+    for h in (None, hm):
+        one = np.stack([sample_warped_patches(pyr, a[i : i + 1], h, scale[i : i + 1], 33)[0] for i in range(n)])
+        np.testing.assert_array_equal(sample_warped_patches(pyr, a, h, scale, 33), one)
+        monkeypatch.setattr(geometry, "REMAP_ROWS", 33 * 7)  # chunks of 7 patches
+        np.testing.assert_array_equal(sample_warped_patches(pyr, a, h, scale, 33), one)
+        monkeypatch.undo()
 
 
 @pytest.fixture(scope="module")

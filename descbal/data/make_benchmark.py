@@ -28,11 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from descbal.data.hpatches_data import write_patch_release
-from descbal.data.selfsup import detect
-from descbal.data.sequences import list_sequence_folders, read_sequence
+from descbal.data.sequences import Sequence, list_sequence_folders, read_sequence
 from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
+from descbal.detectors import detect, get_detector
 from descbal.errors import BadInputError, DataMissingError
-from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patch
+from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patches
 from descbal.images import to_gray
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
@@ -49,7 +49,7 @@ class BenchmarkConfig:
     """Benchmark construction knobs."""
 
     seed: int = 0
-    detector: str = "sift"
+    detector: str = "sift"  # a name in descbal.detectors.DETECTORS
     max_keypoints: int = 1000  # per sequence, detected in the reference image
     geometry: PatchGeometry = field(default_factory=PatchGeometry)  # mag 5 = HPatches' region
     cluster_overlap: float = 0.5
@@ -99,15 +99,24 @@ def _cluster(xy: NDArray, radius: NDArray, max_overlap: float, rng: np.random.Ge
     return np.array(sorted(kept), np.int64)
 
 
-def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generator) -> NDArray[np.uint8]:
-    """The 16 patch images of one sequence. Shape: (16, N, 65, 65) uint8 in TYPES order."""
-    seq = read_sequence(folder)
+def sequence_patches(sequence: str | Path | Sequence, cfg: BenchmarkConfig, rng: np.random.Generator
+                     ) -> NDArray[np.uint8]:
+    """The 16 patch images of one sequence: a folder, or a :class:`~descbal.data.sequences.Sequence`
+    in memory (``eval example``'s generated ones). Shape: (16, N, 65, 65) uint8 in TYPES order,
+    N <= ``cfg.max_keypoints``.
+
+    Raises:
+        BadInputError: images 1..6 or H_1_2..H_1_6 missing, or no keypoint region inside image 1.
+    """
+    seq = sequence if isinstance(sequence, Sequence) else read_sequence(sequence)
+    where = seq.name if isinstance(sequence, Sequence) else sequence  # what error messages name
     ids = list(seq.image_ids)
-    if 1 not in ids or not all(k in seq.homographies for k in range(2, 7)):
-        raise BadInputError("a benchmark sequence needs image 1 and images 2..6 with H_1_2..H_1_6", folder)
+    if 1 not in ids or not all(k in ids and k in seq.homographies for k in range(2, 7)):
+        raise BadInputError("a benchmark sequence needs image 1 and images 2..6 with H_1_2..H_1_6", where)
     ref = to_gray(seq.image(1))
     h, w = ref.shape
-    xy, size, angle, _ = detect(ref, cfg.detector, cfg.max_keypoints * 3)
+    kps = detect(ref, cfg.detector, cfg.max_keypoints * 3)
+    xy, size, angle = kps.xy, kps.size, kps.angle
     geo = cfg.geometry
     d = size * (2.0 if geo.size_kind == "sigma" else 1.0)
     half = geo.mag * d / 2 * math.sqrt(2)  # the rotated square's circumradius
@@ -116,21 +125,20 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
     keep = _cluster(xy, geo.mag * d / 2, cfg.cluster_overlap, rng)[: cfg.max_keypoints]
     xy, size, angle, d = xy[keep], size[keep], angle[keep], d[keep]
     if len(xy) == 0:
-        raise BadInputError("no keypoint with its region inside the reference image", folder)
+        raise BadInputError("no keypoint with its region inside the reference image", where)
     aff = patch_affines(xy, size, angle, geo, PATCH)
     scale = geo.mag * d / PATCH
     out = np.empty((16, len(xy), PATCH, PATCH), np.uint8)
-    pyr_ref = build_pyramid(ref)
-    for i in range(len(xy)):
-        out[0, i] = sample_warped_patch(pyr_ref, aff[i], None, scale[i], PATCH)
+    out[0] = sample_warped_patches(build_pyramid(ref), aff, None, scale, PATCH)
     c = (PATCH - 1) / 2.0
+    pyrs = {k: build_pyramid(to_gray(seq.image(k))) for k in range(2, 7)}
+    # local zoom of each H at the keypoints
+    h_scales = {k: np.sqrt(np.abs(np.linalg.det(homography_jacobian(seq.homographies[k], xy)))) for k in range(2, 7)}
     for li, level in enumerate("eht"):
         for k in range(2, 7):
-            tgt = to_gray(seq.image(k))
-            pyr = build_pyramid(tgt)
-            hm = seq.homographies[k]
-            h_scale = np.sqrt(np.abs(np.linalg.det(homography_jacobian(hm, xy))))  # local zoom of H
+            pyr, hm, h_scale = pyrs[k], seq.homographies[k], h_scales[k]
             jit = jitter_matrix(level, rng, len(xy))
+            frames = np.empty((len(xy), 2, 3))
             for i in range(len(xy)):
                 # jitter in the patch frame (half-side units), then the reference frame, then H
                 j = jit[i].copy()
@@ -140,8 +148,8 @@ def sequence_patches(folder: Path, cfg: BenchmarkConfig, rng: np.random.Generato
                 local = np.eye(3)
                 local[:2, :2] = j[:, :2]
                 local[:2, 2] = np.array([c, c]) - j[:, :2] @ np.array([c, c]) + j[:, 2]
-                a = (frame @ local)[:2]
-                out[1 + li * 5 + (k - 2), i] = sample_warped_patch(pyr, a, hm, scale[i] * h_scale[i], PATCH)
+                frames[i] = (frame @ local)[:2]
+            out[1 + li * 5 + (k - 2)] = sample_warped_patches(pyr, frames, hm, scale * h_scale, PATCH)
     return out
 
 
@@ -160,7 +168,13 @@ class BenchmarkResult(JsonResult):
 
 def make_benchmark(sequences_dir: str | Path, out: str | Path, cfg: BenchmarkConfig = BenchmarkConfig(),
                    progress: Progress | None = None) -> BenchmarkResult:
-    """Build the benchmark (``progress("sequences", done, total)``)."""
+    """Build the benchmark (``progress("sequences", done, total)``).
+
+    Raises:
+        BadInputError: an unknown detector or one this OpenCV build lacks; no usable sequence.
+        DataMissingError: no such folder.
+    """
+    get_detector(cfg.detector)  # here: a sequence's BadInputError only skips that sequence
     src, out = Path(sequences_dir), Path(out)
     if not src.is_dir():
         raise DataMissingError("sequences folder not found", src)

@@ -1,6 +1,6 @@
 """Self-supervised patch datasets from any folder of photos (``descbal cache images``).
 
-From every photo: keypoints from a detector (OpenCV SIFT / DoG by default), then for every
+From every photo: keypoints from a detector (``descbal.detectors``; OpenCV SIFT / DoG by default), then for every
 keypoint several *views*: the photo itself and random homographies of it (rotation, zoom,
 perspective), each with a photometric change (gain, gamma, blur, noise). The keypoint is carried
 into each view through the homography and then *re-detected with noise* -- position, scale and
@@ -35,6 +35,7 @@ from descbal.data.patchset import (
     fingerprint_files,
     write_patchset,
 )
+from descbal.detectors import detect, get_detector
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import sha256_hex
 from descbal.geometry import (
@@ -43,7 +44,7 @@ from descbal.geometry import (
     build_pyramid,
     homography_jacobian,
     patch_affines,
-    sample_warped_patch,
+    sample_warped_patches,
 )
 from descbal.images import UnreadableImageError, list_images, read_gray
 from descbal.progress import Progress, or_no_progress
@@ -55,7 +56,7 @@ class PoolConfig:
     """How photos become patches (defaults tuned for 64x64 training patches)."""
 
     seed: int = 0
-    detector: str = "sift"
+    detector: str = "sift"  # a name in descbal.detectors.DETECTORS
     max_keypoints: int = 300  # per photo, strongest first
     views: int = 4  # per keypoint, the first being the photo itself
     patch_size: int = 64
@@ -84,25 +85,6 @@ class PoolConfig:
             raise ValueError(f"holdout fraction must be in [0, 1), got {self.holdout_fraction}")
 
 
-def detect(image: NDArray[np.uint8], detector: str, max_keypoints: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-    """Keypoints ``(xy (N, 2), size (N,), angle (N,) deg, response (N,))``, strongest first."""
-    if detector == "sift":
-        det = cv2.SIFT_create(nfeatures=max_keypoints)
-    elif detector == "orb":
-        det = cv2.ORB_create(nfeatures=max_keypoints)
-    elif detector == "akaze":
-        det = cv2.AKAZE_create()
-    else:
-        raise BadInputError(f"unknown detector {detector!r}; choose from sift, orb, akaze")
-    kps = det.detect(image, None)
-    kps = sorted(kps, key=lambda k: -k.response)[:max_keypoints]
-    if not kps:
-        return np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0)
-    xy = np.array([k.pt for k in kps], np.float64)
-    size = np.array([k.size for k in kps], np.float64)
-    angle = np.array([k.angle if k.angle >= 0 else 0.0 for k in kps], np.float64)
-    resp = np.array([k.response for k in kps], np.float64)
-    return xy, size, angle, resp
 
 
 def random_homography(rng: np.random.Generator, w: int, h: int, cfg: PoolConfig) -> NDArray[np.float64]:
@@ -137,7 +119,8 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
         keeps only views whose re-detected centre lies inside the view, and needs two.
     """
     h, w = image.shape
-    xy, size, angle, _ = detect(image, cfg.detector, cfg.max_keypoints)
+    kps = detect(image, cfg.detector, cfg.max_keypoints)
+    xy, size, angle = kps.xy, kps.size, kps.angle
     n = len(xy)
     if n == 0:
         return np.zeros((0, cfg.patch_size, cfg.patch_size), np.uint8), np.zeros(0, np.int64)
@@ -157,10 +140,10 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
         inside = (c_v[:, 0] >= 0) & (c_v[:, 0] <= w - 1) & (c_v[:, 1] >= 0) & (c_v[:, 1] <= h - 1)
         aff = patch_affines(c_v, size_v, ang_v, cfg.geometry, ps)
         view_rng = np.random.default_rng(rng.integers(2**63))
-        for k in np.flatnonzero(inside):
-            # the view is rendered implicitly: view pixels map back to the photo through H^-1
-            scale = cfg.geometry.mag * size_v[k] / ps / s_j[k]
-            raw = sample_warped_patch(pyr, aff[k], hinv, scale, ps)
+        idx = np.flatnonzero(inside)
+        # the view is rendered implicitly: view pixels map back to the photo through H^-1
+        scale = cfg.geometry.mag * size_v[idx] / ps / s_j[idx]
+        for k, raw in zip(idx, sample_warped_patches(pyr, aff[idx], hinv, scale, ps), strict=True):
             patches.append(raw.astype(np.float32) if v else raw)
             owner.append(k)
         if v:
@@ -203,7 +186,13 @@ def _pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, 
 def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
                progress: Progress | None = None) -> tuple[PatchSet, list[dict[str, str]]]:
     """Patch set from every photo of ``folder``. Returns the set and the skipped photos
-    (``{"path", "reason"}``)."""
+    (``{"path", "reason"}``).
+
+    Raises:
+        BadInputError: an unknown detector or one this OpenCV build lacks; no usable photo.
+        DataMissingError: no folder, or no image files in it.
+    """
+    get_detector(cfg.detector)  # before reading any photo
     folder = Path(folder)
     progress = or_no_progress(progress)
     files = list_images(folder)

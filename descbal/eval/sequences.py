@@ -146,10 +146,13 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
 
     Raises:
         DataMissingError: ``root`` is missing.
-        BadInputError: no sequence folder, or an unknown requested sequence.
+        BadInputError: no sequence folder, an unknown requested sequence, or an unknown detector
+            (or one this OpenCV build lacks).
     """
+    from descbal.detectors import get_detector
     from descbal.extract.pipeline import FeatureExtractor
 
+    get_detector(detector)  # before reading any sequence
     root = Path(root)
     if not root.is_dir():
         raise DataMissingError("sequences folder not found", root)

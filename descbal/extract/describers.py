@@ -25,11 +25,11 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from descbal.detectors import Keypoints
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError
-from descbal.extract.detectors import Keypoints
 from descbal.extract.sampling import image_pyramid, sample_patches
-from descbal.geometry import PatchGeometry
+from descbal.geometry import PatchGeometry, decode_keypoints
 from descbal.models.inference import inference_copy, prepare_input
 from descbal.models.resolve import ModelSpec, resolve_model
 
@@ -131,16 +131,14 @@ def rootsift_keypoint_descriptor(image: NDArray[np.uint8], kps: list) -> tuple[l
 def opencv_keypoints(kps: Keypoints, geometry: PatchGeometry) -> list:
     """OpenCV keypoints for ``kps`` read under ``geometry``: diameter sizes, OpenCV angles in
     degrees (0 when upright), pixel centres at integers; ``class_id`` is the index in ``kps`` and
-    ``octave`` is kept from the detector when it was an OpenCV one."""
-    d = kps.size * (2.0 if geometry.size_kind == "sigma" else 1.0)
-    th = kps.angle if geometry.angle_unit == "deg" else np.rad2deg(kps.angle)
-    th = np.zeros_like(th) if geometry.upright else np.mod(th * geometry.angle_sign, 360.0)
-    xy = kps.xy - (0.5 if geometry.pixel_origin == "corner" else 0.0)
+    ``octave`` is kept from the detector when it was an OpenCV one
+    (:func:`descbal.geometry.decode_keypoints` reads the conventions)."""
+    f = decode_keypoints(kps.xy, kps.size, kps.angle, geometry)
     out = []
     for i in range(len(kps)):
         octave = kps.cv[i].octave if kps.cv else 0
-        out.append(cv2.KeyPoint(float(xy[i, 0]), float(xy[i, 1]), float(d[i]), float(th[i]), float(kps.response[i]),
-                                int(octave), i))
+        out.append(cv2.KeyPoint(float(f.xy[i, 0]), float(f.xy[i, 1]), float(f.diameter[i]), float(f.angle[i]),
+                                float(kps.response[i]), int(octave), i))
     return out
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from descbal.detectors import detect, get_detector
 from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
-from descbal.extract.detectors import DETECTORS, detect
 from descbal.extract.writers import Features, open_writer
-from descbal.geometry import PatchGeometry
+from descbal.geometry import PatchGeometry, decode_keypoints
 from descbal.images import UnreadableImageError, list_images, read_gray
 from descbal.models.resolve import ModelSpec
 from descbal.progress import Progress, or_no_progress
@@ -34,7 +34,7 @@ class ExtractConfig:
     """Extraction settings; the CLI's defaults are these."""
 
     model: str = "sift"  # any model spec (descbal.models.resolve): path, architecture, sift/rootsift, NAME=...
-    detector: str = "sift"  # a name in descbal.extract.detectors.DETECTORS
+    detector: str = "sift"  # a name in descbal.detectors.DETECTORS that this OpenCV build has
     max_keypoints: int = 2048  # per image, strongest by response; 0 keeps all
     geometry: PatchGeometry = field(default_factory=PatchGeometry)  # keypoint -> patch conventions
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1, ...
@@ -69,18 +69,21 @@ class FeatureExtractor:
         model: any model spec (:func:`descbal.models.resolve.resolve_model`: a checkpoint, run
             folder or published weights, an architecture or OpenCV descriptor name, ``NAME=``
             any of these, an nn.Module or a resolved model).
-        detector: a registered detector name.
+        detector: a registered detector name (one this OpenCV build has).
         max_keypoints: keep the strongest by response (0: all).
         geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
         device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
         bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
+
+    Raises:
+        BadInputError: an unknown detector or one this OpenCV build lacks (the message says which
+            are available, or why it is missing).
     """
 
     def __init__(self, model: ModelSpec = "sift", detector: str = "sift", max_keypoints: int = 2048,
                  geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
                  batch_size: int = 1024, bf16: bool = False) -> None:
-        if detector not in DETECTORS:
-            raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+        get_detector(detector)  # fail before loading the model
         if max_keypoints < 0:
             raise ValueError("max_keypoints must be >= 0")
         self.device = resolve_device(device)
@@ -107,14 +110,10 @@ class FeatureExtractor:
         kps = detect(image, self.detector, self.max_keypoints)
         desc, kept = self.describer(image, kps)
         kps = kps.subset(kept)
-        g = self.geometry
-        diameter = kps.size * (2.0 if g.size_kind == "sigma" else 1.0)
-        ori = kps.angle if g.angle_unit == "deg" else np.rad2deg(kps.angle)
-        ori = np.zeros_like(ori) if g.upright else np.mod(ori * g.angle_sign, 360.0)
-        xy = kps.xy - (0.5 if g.pixel_origin == "corner" else 0.0)
-        return Features(keypoints=xy.astype(np.float32), descriptors=np.asarray(desc, np.float32),
-                        scores=kps.response.astype(np.float32), scales=diameter.astype(np.float32),
-                        oris=ori.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
+        f = decode_keypoints(kps.xy, kps.size, kps.angle, self.geometry)  # stored in OpenCV's conventions
+        return Features(keypoints=f.xy.astype(np.float32), descriptors=np.asarray(desc, np.float32),
+                        scores=kps.response.astype(np.float32), scales=f.diameter.astype(np.float32),
+                        oris=f.angle.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
 
 
 def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:

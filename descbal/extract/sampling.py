@@ -7,8 +7,8 @@ level chosen by :func:`descbal.geometry.pyramid_level`, so the residual down-sca
 by :func:`descbal.geometry.patch_affines`. Outside the image the border is mirrored without
 repeating the edge pixel (OpenCV's BORDER_REFLECT_101).
 
-* On the CPU: ``cv2.remap`` per level (one call per 32,000 patch rows), about twice as fast as
-  ``grid_sample`` there.
+* On the CPU: :func:`descbal.geometry.remap` (``cv2.remap``) per level (one call per 32,000
+  patch rows), about twice as fast as ``grid_sample`` there.
 * Elsewhere (GPU): the levels are packed side by side into one *atlas* image, uploaded once;
   every patch's coordinates are mirrored into its level (for bilinear interpolation, mirroring
   the coordinate equals sampling the mirrored image) and shifted to the level's place in the
@@ -22,18 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from descbal.geometry import PatchGeometry, build_pyramid, patch_affines, pyramid_level
+from descbal.geometry import REMAP_ROWS, PatchGeometry, build_pyramid, patch_affines, pyramid_level, remap
 
 #: Keypoints per ``grid_sample`` call (bounds the sampling grid's memory: 64 MiB at 32x32).
 CHUNK = 8192
-#: Rows of one ``cv2.remap`` call's maps (OpenCV requires fewer than 32,767): 1,000 patches of 32x32.
-REMAP_ROWS = 32000
 
 
 def _on_host(device: torch.device) -> bool:
@@ -104,13 +101,13 @@ def _maps(a: NDArray[np.floating], p: int) -> tuple[NDArray[np.float32], NDArray
 
 
 def _remap(level: NDArray[np.float32], a: NDArray[np.float64], p: int) -> NDArray[np.float32]:
-    """Patches of one pyramid level by ``cv2.remap``: (n, 2, 3) level-pixel affines -> (n, P, P)."""
+    """Patches of one pyramid level by :func:`descbal.geometry.remap`: (n, 2, 3) level-pixel
+    affines -> (n, P, P). The maps are built one remap call at a time (bounds their memory)."""
     out = np.empty((len(a), p, p), np.float32)
     chunk = max(1, REMAP_ROWS // p)
     for s in range(0, len(a), chunk):
         mx, my = _maps(a[s : s + chunk], p)
-        out[s : s + chunk] = cv2.remap(level, mx, my, cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REFLECT_101).reshape(-1, p, p)
+        out[s : s + chunk] = remap(level, mx, my).reshape(-1, p, p)
     return out
 
 
