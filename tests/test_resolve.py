@@ -19,7 +19,7 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.brown import evaluate_brown
 from descbal.eval.example import run_example
 from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
-from descbal.eval.sequences import plotted_splits, render_mma
+from descbal.eval.sequences import SequencesResult, plotted_splits, render_mma
 from descbal.extract.describers import KEYPOINT_DESCRIPTORS, load_describer
 from descbal.models import MODELS, build_model, resolve_model, save_checkpoint
 from descbal.models.resolve import display_name, split_name, state_dict_sha256
@@ -145,7 +145,7 @@ def test_eval_hpatches_model_sift_reproduces_the_example(tmp_path: Path) -> None
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["model"] == "sift"
-    assert doc["headline"] == pytest.approx(ex["headline"], abs=1e-12)  # the same 65x65 SIFT as eval example
+    assert doc["headline"] == pytest.approx(ex.headline, abs=1e-12)  # the same 65x65 SIFT as eval example
     res = runner.invoke(app, [*base, "--model", "SIFT=sift", "--task", "matching"])
     assert res.exit_code == 0 and json.loads(res.stdout)["model"] == "SIFT"
     res = runner.invoke(app, [*base, "--model", "banana"])
@@ -175,9 +175,9 @@ def test_brown_with_a_classical_descriptor_and_an_architecture(tmp_path: Path) -
     ps, path = brown_set(tmp_path)
     r = evaluate_brown_model("sift", ps)
     # identical patches have distance 0 and different textures do not: FPR95 is exactly 0
-    assert r["model"] == "sift" and r["fpr95"] == 0.0 and (r["matches"], r["non_matches"]) == (2, 2)
+    assert r.model == "sift" and r.fpr95 == 0.0 and (r.matches, r.non_matches) == (2, 2)
     d = get_classical("sift")(ps.patches[:5])
-    assert r["fpr95"] == evaluate_brown(d, np.array([0, 2, 0, 1]), np.array([1, 3, 2, 4]), ps.pairs[:, 2])["fpr95"]
+    assert r.fpr95 == evaluate_brown(d, np.array([0, 2, 0, 1]), np.array([1, 3, 2, 4]), ps.pairs[:, 2]).fpr95
     res = runner.invoke(app, ["eval", "brown", "--model", "hardnet", "--data", str(path), "--device", "auto", "-q",
                               "--json", "-"])
     assert res.exit_code == 0, res.output
@@ -207,9 +207,10 @@ def test_extract_provenance_names_the_model(run_dir: Path) -> None:
 # ------------------------------------------------------------------------------ the MMA plot
 
 
-def _result(*splits: str) -> dict:
+def _result(*splits: str) -> SequencesResult:
     mma = {s: ([0.1 * t for t in range(1, 11)] if s in splits else None) for s in ("overall", "illumination", "viewpoint")}
-    return {"thresholds": list(range(1, 11)), "models": [{"name": "m", "mma": mma}]}
+    return SequencesResult(root="r", sequences=[], thresholds=list(range(1, 11)), homography_eps=[1, 3, 5], detector="sift",
+                           max_keypoints=10, geometry={}, ratio=None, models=[{"name": "m", "mma": mma}])
 
 
 @pytest.mark.parametrize(("splits", "panels"), [(("overall", "viewpoint"), ["overall", "viewpoint"]),
