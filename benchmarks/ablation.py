@@ -21,15 +21,13 @@ from pathlib import Path
 
 import torch
 
-from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
 from descbal.eval.hpatches import evaluate_hpatches
 from descbal.eval.model_eval import evaluate_brown_model, hpatches_descriptors
 from descbal.models import build_model
-from descbal.recipes import recipe_text
-from descbal.train.config import RunConfig
+from descbal.run_config import resolve_run_config
 from descbal.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +88,7 @@ def main() -> None:
     fpr, head = score(build_model("hynet", dropout=0.3))
     rows.append(("untrained HyNet", 0, 0.0, fpr, head))
     for name, overrides in method_configs(args.steps, args.classes, args.anneal_frac, args.device).items():
-        cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides + [f'data.train="{pool_path}"'])
+        cfg = resolve_run_config("self-tnet-small", overrides=overrides, data=pool_path)
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.split("(")[0].strip().lower())
         run_dir = args.work / "runs" / slug
         if run_dir.exists():

@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descbal.config import load_config
 from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
 from descbal.data.patchset import PatchSet, load_patchset
 from descbal.data.selfsup import PoolConfig, cache_images
@@ -52,9 +51,8 @@ from descbal.eval.model_eval import hpatches_descriptors
 from descbal.eval.sequences import evaluate_sequences
 from descbal.geometry import PatchGeometry
 from descbal.models import build_model, resolve_model, save_checkpoint
-from descbal.recipes import recipe_text
+from descbal.run_config import resolve_run_config
 from descbal.train.augment import network_input
-from descbal.train.config import RunConfig
 from descbal.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -109,7 +107,7 @@ def train_one(pool: PatchSet, pool_path: Path, loss: str, run: Path, args: argpa
     overrides = [f"data.train={json.dumps(str(pool_path))}", f"loop.device={json.dumps(args.device)}",
                  f"loop.epochs={epochs}", f"loop.iters_per_epoch={max(1, args.steps // epochs)}",
                  f"loop.classes_per_batch={args.classes}", "phases.anneal.enabled=false", *LOSSES[loss]]
-    cfg = load_config(RunConfig, [recipe_text("self-tnet-small")], overrides)
+    cfg = resolve_run_config("self-tnet-small", overrides=overrides)
     if not (run / "model.pt").is_file():
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()

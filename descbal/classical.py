@@ -63,15 +63,21 @@ def sift_patch_descriptor(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
     return out
 
 
+def root_normalise(sift: NDArray[np.floating]) -> NDArray[np.float32]:
+    """RootSIFT's mapping of SIFT descriptors: L1-normalise, then square-root (unit L2).
+    Shape: (N, 128) -> (N, 128) float32."""
+    d = np.asarray(sift, dtype=np.float64).copy()
+    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
+    return np.sqrt(d).astype(np.float32)
+
+
 @register("rootsift")
 def rootsift_patch_descriptor(patches: NDArray[np.uint8]) -> NDArray[np.float32]:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise SIFT, then square-root.
 
     Shape: (N, P, P) uint8 -> (N, 128) float32, unit L2 norm.
     """
-    d = sift_patch_descriptor(patches).astype(np.float64)
-    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
-    return np.sqrt(d).astype(np.float32)
+    return root_normalise(sift_patch_descriptor(patches))
 
 
 def get_classical(name: str) -> PatchDescriptor:

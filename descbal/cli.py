@@ -202,16 +202,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or
 
 def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float, pixel_origin: PixelOrigin,
               upright: bool) -> Any:
-    from descbal.errors import BadInputError
-    from descbal.geometry import PatchGeometry
+    from descbal.geometry import geometry_from_options
 
-    if angle_sign not in (1.0, -1.0):
-        raise BadInputError("--angle-sign must be 1 or -1")
-    try:
-        return PatchGeometry(mag=mag, size_kind=size_kind.value, angle_unit=angle_unit.value, angle_sign=angle_sign,
-                             pixel_origin=pixel_origin.value, upright=upright)
-    except ValueError as e:
-        raise BadInputError(str(e)) from None
+    return geometry_from_options(mag, size_kind.value, angle_unit.value, angle_sign, pixel_origin.value, upright)
 
 
 @app.command("extract")

@@ -58,6 +58,8 @@ class PatchGeometry:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.mag <= 0:
             raise ValueError("mag must be positive")
+        if self.angle_sign not in (1.0, -1.0):
+            raise ValueError(f"angle_sign must be 1 or -1, got {self.angle_sign!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,20 @@ class KeypointFrames:
     diameter: NDArray[np.float64]
     angle: NDArray[np.float64]
     theta: NDArray[np.float64]
+
+
+def geometry_from_options(mag: float = 5.0, size_kind: str = "diameter", angle_unit: str = "deg",
+                          angle_sign: float = 1.0, pixel_origin: str = "center", upright: bool = False) -> PatchGeometry:
+    """A :class:`PatchGeometry` from command options; a bad value is a one-line BadInputError
+    naming the option (``--angle-sign``, ``--mag``, ...)."""
+    from descbal.errors import BadInputError
+
+    try:
+        return PatchGeometry(mag=mag, size_kind=size_kind, angle_unit=angle_unit, angle_sign=angle_sign,
+                             pixel_origin=pixel_origin, upright=upright)
+    except ValueError as e:
+        name = str(e).split(" ", 1)[0]
+        raise BadInputError(f"--{name.replace('_', '-')}: {e}") from None
 
 
 def decode_keypoints(xy: NDArray[np.floating], size: NDArray[np.floating], angle: NDArray[np.floating],

@@ -42,11 +42,13 @@ def _pct(x: float) -> str:
 
 
 def hpatches_tables(result: HPatchesResult) -> list[Table]:
-    """Per-noise tables for each task run, then the headline numbers (percentages)."""
+    """Per-noise tables for each task run, then the headline numbers (percentages); titles name
+    the model when the result has one."""
     tables = []
+    who = f"{result.model}: " if result.model else ""
     if result.verification is not None:
         v = result.verification
-        t = Table(title=f"Verification (split {result.split}, {result.distance})")
+        t = Table(title=f"{who}Verification (split {result.split}, {result.distance})")
         t.add_column("noise")
         for col in ("bal. AUC inter", "bal. AUC intra", "imb. AP inter", "imb. AP intra"):
             t.add_column(col, justify="right")
@@ -56,7 +58,7 @@ def hpatches_tables(result: HPatchesResult) -> list[Table]:
         tables.append(t)
     if result.matching is not None:
         rows = result.matching["per_image"]
-        t = Table(title="Matching mAP (mean over sequences and images)")
+        t = Table(title=f"{who}Matching mAP (mean over sequences and images)")
         t.add_column("noise")
         for col in ("illumination", "viewpoint", "all"):
             t.add_column(col, justify="right")
@@ -69,7 +71,7 @@ def hpatches_tables(result: HPatchesResult) -> list[Table]:
         tables.append(t)
     if result.retrieval is not None:
         m = result.retrieval["map"]
-        t = Table(title="Retrieval mAP by pool size")
+        t = Table(title=f"{who}Retrieval mAP by pool size")
         t.add_column("noise")
         for k in POOL_SIZES:
             t.add_column(str(k), justify="right")
@@ -80,7 +82,7 @@ def hpatches_tables(result: HPatchesResult) -> list[Table]:
         tables.append(t)
     h = result.headline
     if h:
-        t = Table(title="HPatches headline (%)")
+        t = Table(title=f"{who}HPatches headline (%)")
         for k in h:
             t.add_column(k, justify="right")
         t.add_row(*(_pct(x) for x in h.values()))
@@ -98,7 +100,7 @@ def example_report(result: HPatchesResult, out: Path | None) -> list[Renderable]
 
 def brown_table(result: BrownResult) -> Table:
     """One-row table of a Brown FPR95 result."""
-    t = Table(title=f"Brown FPR95 ({result.definition} definition)")
+    t = Table(title=(f"{result.model}: " if result.model else "") + f"Brown FPR95 ({result.definition} definition)")
     for col in ("pairs", "matches", "non-matches", "FPR95 (%)"):
         t.add_column(col, justify="right")
     t.add_row(str(result.pairs), str(result.matches), str(result.non_matches), f"{100 * result.fpr95:.4f}")
@@ -206,7 +208,7 @@ def train_start_line(run_dir: Path, device: Any, step: int, total_steps: int) ->
 def train_report(summary: TrainSummary) -> list[Renderable]:
     """``descbal train``: validation FPR95 per epoch (%) and where the model went."""
     lines: list[Renderable] = [f"epoch {rec['epoch']}: validation FPR95 {100 * rec['val_fpr95']:.2f} %"
-                               for rec in summary.validation if rec["val_fpr95"] is not None]
+                               for rec in summary.validation or () if rec["val_fpr95"] is not None]
     lines.append(f"model written to {summary.model}")
     return lines
 

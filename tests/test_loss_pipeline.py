@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from descbal.cli import app
 from descbal.config import load_config
 from descbal.errors import BadInputError
-from descbal.losses import LOSSES, MINERS, REDUCERS, ClassTuples, build_pipeline, register_miner
+from descbal.losses import LOSSES, MINERS, REDUCERS, ClassTuples, Reference, build_pipeline, register_miner
 from descbal.losses.reducers import AnchorReducer, ClassTerms, MeanReducer, PairTerms, SumReducer
 from descbal.recipes import recipe_text
 from descbal.train.config import RunConfig
@@ -74,13 +74,31 @@ def test_pair_losses_take_class_tuples_and_class_losses_refuse_pairs() -> None:
         build_pipeline("triplet", miner="nope")
 
 
+def test_miner_settings_of_the_loss_and_miner_params() -> None:
+    assert build_pipeline("ddtas", {"pos_tol": 0.3}).miner.pos_tol == 0.3  # the loss's default miner
+    assert build_pipeline("ddtas", {"pos_tol": 0.3}, miner="asms").miner.pos_tol == 0.3  # the same, named
+    assert build_pipeline("ddtas", {"pos_tol": 0.3}, miner="asms", miner_params={"pos_tol": 0.2}).miner.pos_tol == 0.2
+    assert build_pipeline("memory_contrastive", {"neg_threshold": 0.4}, miner="xbm").miner.neg_threshold == 0.4
+    assert build_pipeline("triplet", miner_params={"near_duplicate": 0.1}).miner.near_duplicate == 0.1
+    assert build_pipeline("osm_caa", {"caffe_scale": True}, reducer="sum").reducer.pair_scale is True
+
+
+def test_a_reference_set_is_refused_by_losses_that_ignore_it() -> None:
+    x = F.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    labels = torch.arange(3).repeat_interleave(2)
+    ref = Reference(x, labels, torch.arange(6), torch.arange(6))
+    for name in ("triplet", "memory_contrastive"):
+        with pytest.raises(ValueError, match="reference set"):
+            embedded(name, x, labels, reference=ref)
+
+
 def test_reducers_by_hand() -> None:
     v = torch.tensor([1.0, 2.0, 4.0])
     w = torch.tensor([1.0, 0.0, 0.5])
     assert float(MeanReducer()(ClassTerms(v, w))) == pytest.approx((1 + 0 + 2) / 3)
     assert float(SumReducer()(ClassTerms(v, w))) == 3.0
     empty = MeanReducer()(ClassTerms(torch.zeros(0, requires_grad=True)))
-    assert float(empty) == 0.0 and not torch.isnan(empty)
+    assert float(empty.detach()) == 0.0 and not torch.isnan(empty.detach())
     # pairs over 3 anchors: anchor 0 has positives 1, 3 and negative 5; anchor 1 only a positive 2
     t = PairTerms(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([5.0]), torch.tensor([0, 0, 1]), torch.tensor([0]), 3)
     assert float(AnchorReducer(pair_mean=True, require_both=True)(t)) == pytest.approx((2 + 5) / 3)

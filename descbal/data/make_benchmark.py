@@ -32,7 +32,14 @@ from descbal.data.sequences import Sequence, list_sequence_folders, read_sequenc
 from descbal.data.taskgen import write_retrieval_tasks, write_splits, write_verification_tasks
 from descbal.detectors import detect, get_detector
 from descbal.errors import BadInputError, DataMissingError
-from descbal.geometry import PatchGeometry, build_pyramid, homography_jacobian, patch_affines, sample_warped_patches
+from descbal.geometry import (
+    PatchGeometry,
+    build_pyramid,
+    decode_keypoints,
+    homography_jacobian,
+    patch_affines,
+    sample_warped_patches,
+)
 from descbal.images import to_gray
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
@@ -118,9 +125,11 @@ def sequence_patches(sequence: str | Path | Sequence, cfg: BenchmarkConfig, rng:
     kps = detect(ref, cfg.detector, cfg.max_keypoints * 3)
     xy, size, angle = kps.xy, kps.size, kps.angle
     geo = cfg.geometry
-    d = size * (2.0 if geo.size_kind == "sigma" else 1.0)
+    frames = decode_keypoints(xy, size, angle, geo)  # the one reading of the convention
+    d, c_xy = frames.diameter, frames.xy
     half = geo.mag * d / 2 * math.sqrt(2)  # the rotated square's circumradius
-    inside = (xy[:, 0] - half >= 0) & (xy[:, 1] - half >= 0) & (xy[:, 0] + half <= w - 1) & (xy[:, 1] + half <= h - 1)
+    inside = ((c_xy[:, 0] - half >= 0) & (c_xy[:, 1] - half >= 0) & (c_xy[:, 0] + half <= w - 1)
+              & (c_xy[:, 1] + half <= h - 1))
     xy, size, angle, d = xy[inside], size[inside], angle[inside], d[inside]
     keep = _cluster(xy, geo.mag * d / 2, cfg.cluster_overlap, rng)[: cfg.max_keypoints]
     xy, size, angle, d = xy[keep], size[keep], angle[keep], d[keep]

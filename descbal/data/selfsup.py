@@ -42,6 +42,7 @@ from descbal.geometry import (
     PatchGeometry,
     apply_homography,
     build_pyramid,
+    decode_keypoints,
     homography_jacobian,
     patch_affines,
     sample_warped_patches,
@@ -142,7 +143,8 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
         view_rng = np.random.default_rng(rng.integers(2**63))
         idx = np.flatnonzero(inside)
         # the view is rendered implicitly: view pixels map back to the photo through H^-1
-        scale = cfg.geometry.mag * size_v[idx] / ps / s_j[idx]
+        diameter = decode_keypoints(c_v[idx], size_v[idx], ang_v[idx], cfg.geometry).diameter
+        scale = cfg.geometry.mag * diameter / ps / s_j[idx]
         for k, raw in zip(idx, sample_warped_patches(pyr, aff[idx], hinv, scale, ps), strict=True):
             patches.append(raw.astype(np.float32) if v else raw)
             owner.append(k)

@@ -17,7 +17,6 @@ from the benchmark repository, pinned to one commit).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from descbal.errors import BadInputError
 
@@ -141,7 +140,6 @@ _TASKS = f"https://raw.githubusercontent.com/hpatches/hpatches-benchmark/{HPATCH
 
 HPATCHES_SPLITS: tuple[str, ...] = ("a", "b", "c", "full", "illum", "view")
 HPATCHES_PARTS: tuple[str, ...] = ("patches", "sequences", "tasks", "all")
-HpatchesPart = Literal["patches", "sequences", "tasks", "all"]
 
 _SPLITS_JSON_SHA256 = "sha256:75d4272eb8872f5444d34c00b4111f317432b5fe7550e74749cb1354d972fa83"
 

@@ -21,7 +21,7 @@ The headline numbers are those of the figure code the maintainers point to (prot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,6 @@ from descbal.results import JsonResult
 
 TASKS: tuple[str, ...] = ("verification", "matching", "retrieval")
 POOL_SIZES: tuple[int, ...] = (100, 500, 1000, 5000, 10000, 15000, 20000)
-NUM_POSITIVES = 5
 
 
 
@@ -207,7 +206,7 @@ def retrieval_ap(
     dist: Distance,
     pool_sizes: Sequence[int] = POOL_SIZES,
     chunk: int = 256,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> NDArray[np.float64]:
     """PR area of every query, noise level and pool size, by per-query rank counting.
 
@@ -281,7 +280,7 @@ def retrieval_ap(
                 out[rows, lvl, :] = metrics.ap_from_ranks(ranks, npos)
             done += c
             if progress is not None:
-                progress(done)
+                progress("retrieval", done, len(queries))
     return out
 
 
@@ -301,9 +300,7 @@ def evaluate_retrieval(
             per_img.append(flat.rows(refs, noise))
         pos_rows.append(np.stack(per_img, axis=1))
     positives = flat.matrix[np.stack(pos_rows, axis=1)]  # (Q, 3, 5, D)
-    nq = len(q.idx)
-    ap = retrieval_ap(queries, positives, q.seq, distractors, d.seq, dist,
-                      progress=lambda k: progress("retrieval", k, nq))
+    ap = retrieval_ap(queries, positives, q.seq, distractors, d.seq, dist, progress=progress)
     mean = ap.mean(axis=0)
     return {
         "pool_sizes": list(POOL_SIZES),

@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from descbal.classical import root_normalise
 from descbal.detectors import Keypoints
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError
@@ -123,9 +124,7 @@ def rootsift_keypoint_descriptor(image: NDArray[np.uint8], kps: list) -> tuple[l
     kept, d = sift_keypoint_descriptor(image, kps)
     if d is None:
         return kept, d
-    d = d.astype(np.float64)
-    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
-    return kept, np.sqrt(d).astype(np.float32)
+    return kept, root_normalise(d)
 
 
 def opencv_keypoints(kps: Keypoints, geometry: PatchGeometry) -> list:

@@ -21,7 +21,6 @@ and a fixed ``B = 4.25``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -30,6 +29,7 @@ from descbal.losses.miners import hardest_per_class
 from descbal.losses.pipeline import Embedded, Loss
 from descbal.losses.reducers import ClassTerms, mean_reduce
 from descbal.losses.registry import register_loss
+from descbal.losses.teachers import check_teacher
 from descbal.losses.triplet import class_distances
 from descbal.losses.tuples import ClassTuples, Reference
 
@@ -123,8 +123,7 @@ class BalanceLoss(Loss):
         if boundary != "dynamic" and not isinstance(boundary, int | float):
             raise ValueError(f"boundary must be 'dynamic' or a number, got {boundary!r}")
         self.boundary = None if boundary == "dynamic" else float(boundary)
-        if not isinstance(teacher, str) or (teacher not in ("self", "none") and not Path(teacher).exists()):
-            raise ValueError(f"teacher must be 'self', 'none' or a model path; {teacher!r} does not exist")
+        check_teacher(teacher)
         self.teacher = teacher
 
     def teacher_spec(self) -> str | None:

@@ -317,6 +317,8 @@ class MemoryContrastiveLoss(Loss):
         """Enqueue the batch (momentum-encoder keys for ``ema_encoder``), then the terms:
         ``batch`` (if ``include_batch_term``) and, once the warm-up is over, ``memory``."""
         desc, labels = batch.embeddings, batch.labels
+        if batch.reference is not None:
+            raise ValueError("memory_contrastive mines against its own memory; it does not take a reference set")
         if desc.ndim != 2 or labels.shape != (desc.shape[0],):
             raise ValueError(f"expected desc (B, D) and labels (B,), got {tuple(desc.shape)} and {tuple(labels.shape)}")
         keys = None

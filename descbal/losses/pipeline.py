@@ -84,7 +84,13 @@ class Loss(nn.Module):
         raise NotImplementedError
 
     def references(self, batch: Embedded) -> list[tuple[str, Reference | None, float]]:
-        """``(name, reference, weight)`` of each term: by default the batch alone, weight 1."""
+        """``(name, reference, weight)`` of each term: by default the batch alone, weight 1.
+
+        A loss that consumes a reference set handed in by the trainer (``batch.reference``)
+        overrides this; the others refuse one rather than ignore it.
+        """
+        if batch.reference is not None:
+            raise ValueError(f"loss {self.name!r} does not take a reference set")
         return [("", None, 1.0)]
 
     def split(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
@@ -152,9 +158,18 @@ class LossPipeline(nn.Module):
 
 def build_pipeline(name: str, params: dict[str, Any] | None = None, miner: str = "", miner_params: dict[str, Any] | None = None,
                    reducer: str = "", reducer_params: dict[str, Any] | None = None) -> LossPipeline:
-    """The pipeline of a configured loss: ``LOSSES[name](**params)`` with its default miner and
-    reducer unless named. ValueError/TypeError on unknown names or parameters."""
+    """The pipeline of a configured loss: ``LOSSES[name](**params)`` with its miner and reducer.
+
+    The loss's default miner and reducer are built from the loss's own parameters (e.g. DDTAS's
+    tolerances, XBM's threshold, OSM's margin); naming that same miner without ``miner_params``
+    keeps them. Another miner (or ``miner_params``) is built from ``miner_params`` alone; the
+    same for reducers. ValueError/TypeError on unknown names or parameters.
+    """
     loss = LOSSES.build(name, **(params or {}))
-    m = MINERS.build(miner or loss.default_miner, **(miner_params or {})) if (miner or miner_params) else None
-    r = REDUCERS.build(reducer, **(reducer_params or {})) if reducer else None
+    m = None
+    if miner_params or (miner and miner != loss.default_miner):
+        m = MINERS.build(miner or loss.default_miner, **(miner_params or {}))
+    r = None
+    if reducer_params or (reducer and reducer != loss.default_reducer):
+        r = REDUCERS.build(reducer or loss.default_reducer, **(reducer_params or {}))
     return LossPipeline(loss, m, r)

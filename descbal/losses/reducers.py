@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from descbal.losses.distances import zero_loss
 from descbal.losses.grouping import per_anchor_count, per_anchor_sum
 from descbal.losses.registry import register_reducer
 
@@ -61,14 +62,10 @@ def _weighted(v: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return v if w is None else w * v
 
 
-def _zero(t: torch.Tensor) -> torch.Tensor:
-    return t.float().sum() * 0.0
-
-
 def mean_reduce(values: torch.Tensor) -> torch.Tensor:
     """Mean of (C,) values; an exact 0 (not NaN) when empty."""
     if values.numel() == 0:
-        return _zero(values)
+        return zero_loss(values)
     return values.mean()
 
 

@@ -44,8 +44,7 @@ class FrozenTeacher(Teacher):
         super().__init__()
         from descbal.models import resolve_model
 
-        if not Path(path).exists():
-            raise ValueError(f"teacher must be 'self', 'none' or a model path; {path!r} does not exist")
+        check_teacher(path)
         net = resolve_model(path).network
         if net is None:
             raise ValueError(f"teacher {path!r} is not a network")
@@ -58,6 +57,12 @@ class FrozenTeacher(Teacher):
         net = self._net.to(x.device)
         object.__setattr__(self, "_net", net)
         return net(x)
+
+
+def check_teacher(spec: object) -> None:
+    """ValueError unless ``spec`` is ``"self"``, ``"none"`` or an existing model path."""
+    if not isinstance(spec, str) or (spec not in ("self", "none") and not Path(spec).exists()):
+        raise ValueError(f"teacher must be 'self', 'none' or a model path; {spec!r} does not exist")
 
 
 def build_teacher(spec: str) -> Teacher:

@@ -42,6 +42,7 @@ from descbal.fileio import atomic_path, write_text_atomic
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, read_checkpoint
 from descbal.progress import Progress, or_no_progress
+from descbal.results import JsonResult
 from descbal.train.augment import network_input, sample_params
 from descbal.train.config import RunConfig
 from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
@@ -66,23 +67,19 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class TrainSummary:
+@dataclass
+class TrainSummary(JsonResult):
     """What :meth:`Trainer.fit` returns: whether it stopped early, the global step reached, and
-    for a finished run its wall time (s), the per-epoch validation records and the model path."""
+    for a finished run its wall time (s), the per-epoch validation records and the model path
+    (a stopped run's document has ``stopped`` and ``steps`` only)."""
+
+    OMIT_NONE = ("seconds", "validation", "model")
 
     stopped: bool
     steps: int
     seconds: float | None = None
-    validation: tuple[dict[str, Any], ...] = ()
+    validation: tuple[dict[str, Any], ...] | None = None
     model: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"stopped", "steps"}``, plus ``"seconds", "validation", "model"`` for a finished run."""
-        if self.stopped:
-            return {"stopped": True, "steps": self.steps}
-        return {"stopped": False, "steps": self.steps, "seconds": self.seconds, "validation": list(self.validation),
-                "model": self.model}
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -291,7 +288,7 @@ class Trainer:
                         self.save()
                         if self._stop:
                             raise KeyboardInterrupt
-                        return TrainSummary(True, step)
+                        return TrainSummary(True, step)  # seconds, validation and model stay None
                 self.epoch += 1
                 self.iteration = 0
                 finished = self.epoch
