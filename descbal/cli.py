@@ -45,7 +45,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DescbalError as e:
-            stderr.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            # escaped: messages quote TOML tables ("[anneal]") and paths that rich would take as markup
+            stderr.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")

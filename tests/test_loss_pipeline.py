@@ -129,6 +129,8 @@ def test_self_tnet_phases_come_from_the_recipe() -> None:
 def test_old_anneal_table_is_refused_with_the_new_form() -> None:
     with pytest.raises(BadInputError, match=r"'anneal'.*phases.anneal.enabled=false"):
         load_config(RunConfig, ["[anneal]\nenabled = false\n"])
+    res = runner.invoke(app, ["train", "--recipe", "self-tnet", "--out", "/nonexistent/run", "--set", "anneal.enabled=false"])
+    assert res.exit_code == 2 and "the [anneal] table became a phase: [phases.anneal]" in res.output  # not eaten as markup
     with pytest.raises(BadInputError, match="epochs must be >= 0"):
         build_phases(load_config(RunConfig, None, ["loop.epochs=-1"]))
 
