@@ -2,7 +2,7 @@
 
 Data go to stdout (``--json -``); tables, logs and progress to stderr. Exit codes: 0 ok,
 1 runtime failure, 2 bad usage or bad input, 3 data missing or checksum mismatch,
-130 interrupted.
+130 interrupted. Commands that skip bad inputs exit 0 with a warning, 1 with ``--strict``.
 """
 
 from __future__ import annotations
@@ -76,6 +76,20 @@ JsonOpt = Annotated[str | None, typer.Option("--json", help="Write the result as
 MODEL_HELP = ("Checkpoint, run folder, published weights (TFeat/HardNet/HyNet/SOSNet), an architecture name "
               "(untrained, seeded), or sift / rootsift; NAME=MODEL shows it as NAME.")
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when any input was skipped (default: exit 0 with a "
+                                         "warning; the JSON lists the skipped inputs).")]
+
+
+def _finish_skipped(result: Any, strict: bool, quiet: bool) -> None:
+    """The one skipped-inputs policy (descbal.results): warn, and exit 1 only with --strict."""
+    from descbal.console import show
+    from descbal.report import skipped_summary
+    from descbal.results import skipped_exit_code
+
+    show(skipped_summary(result, strict), quiet)
+    code = skipped_exit_code(result, strict)
+    if code:
+        raise typer.Exit(code)
 
 
 class Task(str, Enum):
@@ -235,12 +249,14 @@ def extract_cmd(
                                             "already in it.")] = False,
     list_file: Annotated[Path | None, typer.Option("--list", help="Print the exact image keys stored in FILE and exit.")]
     = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Keypoints + descriptors for every image of a folder (hloc features file, npz or COLMAP text).
 
-    Resumable: images already in --out are skipped. Exit code 1 when some image failed.
+    Resumable: images already in --out are skipped. Unreadable or keypoint-less images are
+    skipped with a warning (exit 1 with --strict).
     """
     from descbal.console import emit_json, progress_reporter, show
     from descbal.errors import BadInputError
@@ -269,8 +285,7 @@ def extract_cmd(
         result = extract_folder(images_dir, out, cfg, fmt=fmt.value, overwrite=overwrite, progress=progress)
     show(extract_report(result), quiet)
     emit_json(result.to_json(), json_out)
-    if result.failed:
-        raise typer.Exit(1)
+    _finish_skipped(result, strict, quiet)
 
 
 # ------------------------------------------------------------------------------ download
@@ -458,10 +473,11 @@ def cache_images_cmd(
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
     holdout: Annotated[float, typer.Option(help="Fraction of photos held out for the FPR95 pairs.")] = 0.1,
-    overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False, strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Self-supervised training patches from any photos: keypoints, random homographies,
-    photometric changes and detector noise; held-out pairs for FPR95."""
+    photometric changes and detector noise; held-out pairs for FPR95. Unreadable or unusable
+    photos are skipped with a warning (exit 1 with --strict)."""
     from descbal.console import emit_json, progress_reporter, show
     from descbal.data.selfsup import PoolConfig, cache_images
     from descbal.errors import BadInputError
@@ -477,6 +493,7 @@ def cache_images_cmd(
         result = cache_images(folder, out, cfg, overwrite=overwrite, progress=progress)
     show(pool_report(result), quiet)
     emit_json(result.to_json(), json_out)
+    _finish_skipped(result, strict, quiet)
 
 
 @app.command("make-benchmark")
@@ -487,10 +504,11 @@ def make_benchmark_cmd(
     max_keypoints: Annotated[int, typer.Option(help="Patches per sequence.")] = 1000,
     split: Annotated[str, typer.Option(help="Name of the split covering all sequences.")] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the jitter and the task files.")] = 0,
-    json_out: JsonOpt = None, quiet: QuietOpt = False,
+    strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """An HPatches-format patch benchmark (easy/hard/tough jitter, official task files) from image
-    sequences with ground-truth homographies; score it with 'descbal eval hpatches'."""
+    sequences with ground-truth homographies; score it with 'descbal eval hpatches'. Unusable
+    sequences are skipped with a warning (exit 1 with --strict)."""
     from descbal.console import emit_json, progress_reporter, show
     from descbal.data.make_benchmark import BenchmarkConfig, make_benchmark
     from descbal.report import benchmark_report
@@ -500,6 +518,7 @@ def make_benchmark_cmd(
                                 progress=progress)
     show(benchmark_report(result), quiet)
     emit_json(result.to_json(), json_out)
+    _finish_skipped(result, strict, quiet)
 
 
 @app.command("quickstart")

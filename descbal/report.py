@@ -16,6 +16,7 @@ from rich.table import Table
 
 from descbal.eval.hpatches import POOL_SIZES
 from descbal.eval.hpatches_io import NOISE_LEVELS
+from descbal.results import STRICT_EXIT_CODE, JsonResult
 
 if TYPE_CHECKING:  # only for annotations: the report of a download need not import torch
     from descbal.data.download import FetchReport
@@ -195,6 +196,18 @@ def benchmark_report(result: BenchmarkResult) -> list[Renderable]:
     lines.append(f"benchmark written to {result.out}: {len(result.sequences)} sequences; evaluate with "
                  f"'descbal eval hpatches --descriptors DIR --tasks {result.tasks} --split {result.split}'")
     return lines
+
+
+def skipped_summary(result: JsonResult, strict: bool = False) -> list[Renderable]:
+    """The warning after a command that skipped inputs (see :mod:`descbal.results`): how many,
+    where the JSON lists them, and what ``--strict`` does; nothing when none was skipped."""
+    skipped = result.skipped_inputs()
+    if not skipped:
+        return []
+    what = f"{len(skipped)} input(s) skipped (listed in the JSON's {result.SKIPPED_KEY!r})"
+    if strict:
+        return [f"[red]error:[/red] {what}; exit code {STRICT_EXIT_CODE} (--strict)"]
+    return [f"[yellow]warning:[/yellow] {what}; --strict makes this exit {STRICT_EXIT_CODE}"]
 
 
 # ------------------------------------------------------------------------------ train, quickstart

@@ -3,6 +3,12 @@
 Each pipeline returns a dataclass deriving from :class:`JsonResult`; its fields, in order, are
 the keys of its JSON document, so ``to_json()`` is the document the CLI writes. Fields named in
 ``OMIT_NONE`` are left out of the document when None (e.g. HPatches tasks that were not run).
+
+Skipped inputs, one policy for every command: a pipeline that skips bad inputs (unreadable
+photos or images, sequences it cannot use) and still produces its output names the field that
+lists them in ``SKIPPED_KEY``; the command then exits 0 with a warning summary on stderr, or
+:data:`STRICT_EXIT_CODE` with ``--strict`` (:func:`skipped_exit_code`). When *no* input is
+usable the pipeline raises ``BadInputError`` instead (exit 2).
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ class JsonResult:
 
     #: fields left out of the document when their value is None
     OMIT_NONE: ClassVar[tuple[str, ...]] = ()
+    #: the field listing the inputs that were skipped (dicts with a ``reason``), if any
+    SKIPPED_KEY: ClassVar[str | None] = None
+
+    def skipped_inputs(self) -> list[dict[str, str]]:
+        """The inputs this run skipped (the ``SKIPPED_KEY`` field; none when there is no such field)."""
+        return list(getattr(self, self.SKIPPED_KEY) or []) if self.SKIPPED_KEY else []
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON document: nested dataclasses become dicts, tuples lists."""
@@ -39,3 +51,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+#: Exit code of a command run with ``--strict`` that skipped some input.
+STRICT_EXIT_CODE = 1
+
+
+def skipped_exit_code(result: JsonResult, strict: bool) -> int:
+    """The exit code of a command that produced ``result``: 0, or :data:`STRICT_EXIT_CODE` when
+    ``strict`` and some input was skipped."""
+    return STRICT_EXIT_CODE if strict and result.skipped_inputs() else 0

@@ -377,13 +377,14 @@ def test_interrupted_run_leaves_a_valid_file(folder: Path, tmp_path: Path) -> No
     assert res.skipped_existing == 1 and res.extracted == 2
 
 
-def test_failures_are_summarised_and_exit_1(folder: Path, tmp_path: Path) -> None:
+def test_failures_are_summarised_and_exit_1_with_strict(folder: Path, tmp_path: Path) -> None:
+    # issue 21 point 12: skipped images exit 0 with a warning, 1 with --strict (one policy)
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "broken.png").write_bytes(b"not an image at all")
     cv2.imwrite(str(folder / "flat.png"), np.full((64, 64), 128, np.uint8))
     out = tmp_path / "f.h5"
     r = runner.invoke(app, ["extract", str(folder), "-m", "sift", "-o", str(out), "--max-keypoints", "40",
-                            "--json", "-", "-q"])
+                            "--json", "-", "-q", "--strict"])
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     reasons = {f["name"]: f["reason"] for f in doc["failed"]}
@@ -391,7 +392,8 @@ def test_failures_are_summarised_and_exit_1(folder: Path, tmp_path: Path) -> Non
                        "flat.png": "no keypoints detected"}
     assert doc["extracted"] == 3 and sorted(list_features(out)) == ["a.png", "sub/b.jpg", "sub/deep/c.png"]
     r = runner.invoke(app, ["extract", str(folder), "-m", "sift", "-o", str(out), "--max-keypoints", "40"])
-    assert r.exit_code == 1 and "3 already there" in r.output and "3 failed" in r.output
+    assert r.exit_code == 0 and "3 already there" in r.output and "3 failed" in r.output
+    assert "warning: 3 input(s) skipped (listed in the JSON's 'failed'); --strict makes this exit 1" in r.output
 
 
 def test_list_prints_exact_keys(folder: Path, tmp_path: Path) -> None:

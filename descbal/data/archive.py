@@ -16,7 +16,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from descbal.errors import BadInputError
+from descbal.fileio import temp_sibling
 
 ArchiveFormat = Literal["zip", "tar"]
 
@@ -194,7 +194,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.replace(tmp, dest)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    old = temp_sibling(dest, ".old", folder=True)
     old.rmdir()
     os.replace(dest, old)
     os.replace(tmp, dest)
@@ -228,7 +228,8 @@ def extract_archive(archive: Path, dest: Path, flatten: bool = True) -> list[Pat
         entries = [e for e in entries if not e.parts or e.parts[0] != _JUNK_TOP]
         strip = _common_prefix_len(entries) if flatten else 0
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+        # made like a plain mkdir (umask permissions), named so a dead run's copy is removed later
+        tmp = temp_sibling(dest, ".extract", folder=True)
         try:
             written = _write_entries(archive, handle, entries, strip, tmp)
             _replace_dir(tmp, dest)

@@ -165,7 +165,9 @@ def sequence_patches(sequence: str | Path | Sequence, cfg: BenchmarkConfig, rng:
 @dataclass
 class BenchmarkResult(JsonResult):
     """A built benchmark: output folder, split name, patches per sequence, sequences skipped
-    (``{"sequence", "reason"}``), and the patch and task folders."""
+    (``{"sequence", "reason"}``: the skipped inputs), and the patch and task folders."""
+
+    SKIPPED_KEY = "skipped"
 
     out: str
     split: str

@@ -33,6 +33,7 @@ from descbal.data.patchset import (
     cache_attrs,
     cache_is_current,
     fingerprint_files,
+    read_attrs,
     write_patchset,
 )
 from descbal.detectors import detect, get_detector
@@ -243,10 +244,12 @@ def config_hash(cfg: PoolConfig) -> str:
 @dataclass
 class PoolResult(JsonResult):
     """A self-supervised patch pool (``descbal cache images``): file, whether it was already up
-    to date (``skipped``; then only these three fields are set) and the fingerprint of photos and
-    config; when built, the photos found and skipped (``{"path", "reason"}``), patches, keypoint
+    to date (``skipped``; then only these three fields are set, and ``skipped_images`` when the
+    pool was built without some photos) and the fingerprint of photos and config; when built,
+    the photos found and skipped (``{"path", "reason"}``: the skipped inputs), patches, keypoint
     classes, held-out pairs and patches, and wall time (s)."""
 
+    SKIPPED_KEY = "skipped_images"
     OMIT_NONE = ("images", "skipped_images", "num_patches", "num_classes", "num_pairs", "holdout_patches", "seconds")
 
     path: str
@@ -270,7 +273,9 @@ def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConf
     files = list_images(folder)
     source = sha256_hex(fingerprint_files(files, folder) + config_hash(cfg))
     if not overwrite and cache_is_current(out, source):
-        return PoolResult(path=str(out), skipped=True, source_sha256=source)
+        # the photos left out when it was built are still left out (--strict fails again)
+        left_out = json.loads(str(read_attrs(out).get("skipped", "[]"))) or None
+        return PoolResult(path=str(out), skipped=True, source_sha256=source, skipped_images=left_out)
     ps, skipped = build_pool(folder, cfg, progress)
     attrs = cache_attrs(folder.name, source, config=json.dumps(asdict(cfg)), skipped=json.dumps(skipped))
     write_patchset(out, ps, attrs, progress=progress)

@@ -2,7 +2,9 @@
 
 The folder pipeline is idempotent like hloc's: images already in the output are skipped unless
 ``overwrite``; unreadable, empty and keypoint-less images are reported, skipped and listed in
-the summary; writes are atomic (see :mod:`descbal.extract.writers`).
+the summary (when no image at all could be extracted, that is bad input); writes are atomic and
+committed as the work proceeds (see :mod:`descbal.extract.writers`); a run that stores nothing
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from numpy.typing import NDArray
 from descbal.detectors import detect, get_detector
 from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
-from descbal.extract.writers import Features, open_writer
+from descbal.extract.writers import COMMIT_EVERY_IMAGES, COMMIT_EVERY_S, Features, open_writer
 from descbal.geometry import PatchGeometry, decode_keypoints
 from descbal.images import UnreadableImageError, list_images, read_gray
 from descbal.models.resolve import ModelSpec
@@ -41,13 +43,17 @@ class ExtractConfig:
     batch_size: int = 1024  # patches per forward pass
     half: bool = False  # store descriptors as float16
     bf16: bool = False  # run the network under bfloat16 autocast
+    commit_every: int = COMMIT_EVERY_IMAGES  # an hloc output commits after this many new images ...
+    commit_every_s: float = COMMIT_EVERY_S  # ... or this many seconds, whichever first (a kill keeps that)
 
 
 @dataclass
 class ExtractResult(JsonResult):
     """What :func:`extract_folder` did: images found, extracted, already in the output and
-    failed (``{"name", "reason"}``), keypoints written, wall time (s), images/s and the
-    provenance stored in the output."""
+    failed (``{"name", "reason"}``: the skipped inputs), keypoints written, wall time (s),
+    images/s and the provenance stored in the output."""
+
+    SKIPPED_KEY = "failed"
 
     images_dir: str
     out: str
@@ -129,18 +135,21 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
     """Extract features for every image under ``images_dir`` (recursive) into ``out``.
 
     Names are POSIX paths relative to ``images_dir``. Images already in ``out`` are skipped
-    unless ``overwrite`` (which starts the output afresh). ``progress("images", done, total)``
-    counts the images to do.
+    unless ``overwrite`` (which starts the output afresh). An hloc output is committed every
+    ``cfg.commit_every`` images or ``cfg.commit_every_s`` seconds, whichever comes first.
+    ``progress("images", done, total)`` counts the images to do.
 
     Returns:
         An :class:`ExtractResult`.
 
     Raises:
         DataMissingError: ``images_dir`` missing or without images.
-        BadInputError: ``out`` holds features of a different extraction (model, geometry...).
+        BadInputError: ``out`` holds features of a different extraction (model, geometry...),
+            or no image could be extracted (all unreadable or without keypoints; then nothing
+            is written).
     """
     from descbal.data.patchset import prefetch
-    from descbal.errors import DataMissingError
+    from descbal.errors import BadInputError, DataMissingError
 
     t0 = time.perf_counter()
     images_dir = Path(images_dir)
@@ -152,7 +161,8 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
     progress = or_no_progress(progress)
     failed: list[dict[str, str]] = []
     done = n_kp = 0
-    with open_writer(fmt, out, prov, overwrite=overwrite, half=cfg.half) as writer:
+    with open_writer(fmt, out, prov, overwrite=overwrite, half=cfg.half, commit_every=cfg.commit_every,
+                     commit_every_s=cfg.commit_every_s) as writer:
         have = writer.existing()
         todo = [f for f in files if f.relative_to(images_dir).as_posix() not in have]
         skipped = len(files) - len(todo)
@@ -170,6 +180,10 @@ def extract_folder(images_dir: str | Path, out: str | Path, cfg: ExtractConfig =
                     done += 1
                     n_kp += len(feats)
             progress("images", i + 1, len(todo))
+    if failed and done == 0 and skipped == 0:
+        shown = "; ".join(f"{f['name']}: {f['reason']}" for f in failed[:3])
+        more = f"; ... and {len(failed) - 3} more" if len(failed) > 3 else ""
+        raise BadInputError(f"no image could be extracted ({shown}{more})", images_dir)
     secs = time.perf_counter() - t0
     return ExtractResult(images_dir=str(images_dir), out=str(out), format=fmt, images=len(files), extracted=done,
                          skipped_existing=skipped, failed=failed, num_keypoints=n_kp, seconds=secs,

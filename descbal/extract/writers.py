@@ -4,7 +4,8 @@ Every writer stores, per image, the arrays of :class:`Features` under the image'
 relative to the image folder (its *name*), knows which names it already holds (resume), and
 records the extraction's provenance (model, weights SHA-256, geometry, detector). Resuming into
 an output written with a different provenance is refused: features of two extractions must not
-mix silently.
+mix silently; an output holding no image yet is simply started afresh, and a run that stores no
+image leaves nothing behind.
 
 * ``hloc``: one HDF5 file; group ``name`` (nested folders are nested groups, as h5py makes
   them from ``a/b.jpg``) with ``keypoints (N, 2) float32`` (pixel centres at integers),
@@ -12,11 +13,14 @@ mix silently.
   ``image_size (2,) = (W, H)``, ``scales (N,) float32`` (keypoint diameters in pixels) and
   ``oris (N,) float32`` (OpenCV angles in degrees); provenance in the file's attributes. The
   file is only ever changed through a temporary copy renamed into place
-  (:class:`AtomicH5`), at the end, on Ctrl-C or an error, and every ``commit_every_s`` seconds:
-  a killed run leaves the previous valid file, losing at most that much work.
+  (:class:`AtomicH5`): at the end, on Ctrl-C or an error, and after every
+  :data:`COMMIT_EVERY_IMAGES` images or :data:`COMMIT_EVERY_S` seconds, whichever comes first
+  (``ExtractConfig.commit_every`` / ``commit_every_s``). A killed run leaves the last committed
+  file, losing at most that much work; its temporary copy is removed by the next run
+  (:func:`descbal.fileio.remove_stale_temps`).
 * ``npz``: a folder mirroring the image tree, ``<out>/<name>.npz`` with the same arrays (also
   ``descriptors`` as (D, N)), each written atomically; provenance in
-  ``<out>/descbal_features.json``.
+  ``<out>/descbal_features.json``, written with the first image.
 * ``colmap``: ``<out>/<name>.txt`` in COLMAP's keypoint text format, for inspection: a line
   ``N D`` then per keypoint ``x y scale orientation`` and D integers 0..255. **Lossy**:
   coordinates are shifted to COLMAP's convention (pixel corners at integers, +0.5), ``scale``
@@ -31,7 +35,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,9 +46,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from descbal.errors import BadInputError
-from descbal.fileio import atomic_path, write_text_atomic
+from descbal.fileio import atomic_path, keep_mode, sweep_stale_temps, temp_sibling, write_text_atomic
 
 PROVENANCE_FILE = "descbal_features.json"
+#: An hloc output is committed (made to hold everything so far) after this many new images ...
+COMMIT_EVERY_IMAGES = 50
+#: ... or this many seconds since the last commit, whichever comes first.
+COMMIT_EVERY_S = 60.0
+#: A commit copies the file, so commits are also spaced to take at most this share of the run's
+#: time (a large file extracted quickly commits less often than every COMMIT_EVERY_IMAGES).
+COMMIT_MAX_SHARE = 0.1
 #: Provenance keys that must agree for a resumed run to append to an existing output.
 MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype")
 #: Values of provenance keys that files written before the key existed implicitly had.
@@ -119,25 +129,34 @@ def h5_feature_names(h5: h5py.File | h5py.Group) -> list[str]:
 class AtomicH5:
     """An HDF5 file changed only through a temporary copy that is renamed into place.
 
-    ``open()`` copies the existing file (unless ``fresh``) to a temporary sibling and opens it
-    for appending; :meth:`commit` closes it, renames it over the final path and, when asked to
-    continue, starts a new copy. The final path is therefore always a complete, valid file.
+    ``open()`` copies the existing file (unless ``fresh``) to a temporary sibling
+    (:func:`descbal.fileio.temp_sibling`, which also removes the stale copies of dead runs) and
+    opens it for appending; :meth:`commit` closes it, renames it over the final path and, when
+    asked to continue, starts a new copy. The final path is therefore always a complete, valid
+    file. Writers report work with :meth:`did_work`, which commits after ``commit_every`` units
+    or ``commit_every_s`` seconds, whichever comes first, unless the last commit took more
+    than ``max_share`` of the time since the one before (see :data:`COMMIT_MAX_SHARE`).
     """
 
-    def __init__(self, path: str | Path, fresh: bool = False, commit_every_s: float = 300.0) -> None:
+    def __init__(self, path: str | Path, fresh: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
+                 commit_every_s: float = COMMIT_EVERY_S, max_share: float = COMMIT_MAX_SHARE) -> None:
+        if commit_every < 1 or not commit_every_s > 0 or not 0 < max_share <= 1:
+            raise ValueError("commit_every must be >= 1, commit_every_s > 0 and max_share in (0, 1]")
         self.path = Path(path)
         self.fresh = fresh
+        self.commit_every = commit_every
         self.commit_every_s = commit_every_s
+        self.max_share = max_share
         self.h5: h5py.File | None = None
         self._tmp: Path | None = None
         self._last_commit = time.monotonic()
+        self._commit_cost = 0.0  # seconds the last commit (close, rename, copy) took
+        self.pending = 0  # units of work since the last commit
         self.dirty = False
 
     def open(self) -> h5py.File:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".h5.tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        t0 = time.monotonic()
+        self._tmp = temp_sibling(self.path, ".h5")
         try:
             if self.path.is_file() and not self.fresh:
                 shutil.copyfile(self.path, self._tmp)
@@ -149,23 +168,40 @@ class AtomicH5:
             raise
         self.fresh = False
         self._last_commit = time.monotonic()
+        self._commit_cost = self._last_commit - t0
         return self.h5
 
     def commit(self, reopen: bool = False) -> None:
         """Make the final path hold everything written so far."""
         assert self.h5 is not None and self._tmp is not None
+        t0 = time.monotonic()
         self.h5.close()
         self.h5 = None
+        keep_mode(self._tmp, self.path)
         os.replace(self._tmp, self.path)
         self._tmp = None
         self.dirty = False
+        self.pending = 0
         if reopen:
             self.open()
+            self._commit_cost = time.monotonic() - t0
 
-    def maybe_commit(self) -> None:
-        """Commit (and continue) when ``commit_every_s`` seconds have passed since the last one."""
-        if self.dirty and time.monotonic() - self._last_commit >= self.commit_every_s:
+    def did_work(self, units: int = 1) -> None:
+        """Count ``units`` of work written (an image, a pair) and commit (and continue) when
+        :meth:`commit_due`."""
+        self.dirty = True
+        self.pending += units
+        if self.commit_due():
             self.commit(reopen=True)
+
+    def commit_due(self) -> bool:
+        """Whether ``commit_every`` units or ``commit_every_s`` seconds have passed since the last
+        commit, and committing again keeps the time spent committing (the last commit's cost)
+        within ``max_share`` (:data:`COMMIT_MAX_SHARE`) of the time."""
+        since = time.monotonic() - self._last_commit
+        if not self.dirty or self.pending == 0 or self._commit_cost > self.max_share * (since + self._commit_cost):
+            return False
+        return self.pending >= self.commit_every or since >= self.commit_every_s
 
     def discard(self) -> None:
         """Drop the temporary copy; the final path keeps its last committed state."""
@@ -212,7 +248,7 @@ class HlocWriter:
     """The hloc features file (see the module docstring)."""
 
     def __init__(self, path: str | Path, provenance: dict[str, Any], overwrite: bool = False, half: bool = False,
-                 commit_every_s: float = 300.0) -> None:
+                 commit_every: int = COMMIT_EVERY_IMAGES, commit_every_s: float = COMMIT_EVERY_S) -> None:
         self.path = Path(path)
         self.provenance = provenance
         self.half = half
@@ -225,10 +261,12 @@ class HlocWriter:
                     self._names = set(h5_feature_names(h5))
             except OSError as e:
                 raise BadInputError(f"not a readable HDF5 file ({e}); use --overwrite or another --out", self.path) from None
-            _check_resume(self.path, old, provenance)
+            if self._names:
+                _check_resume(self.path, old, provenance)
+            exists = bool(self._names)  # a file holding no image blocks nothing: start it afresh
         elif self.path.exists() and not self.path.is_file():
             raise BadInputError("--out exists and is not a file", self.path)
-        self.tx = AtomicH5(self.path, fresh=not exists, commit_every_s=commit_every_s)
+        self.tx = AtomicH5(self.path, fresh=not exists, commit_every=commit_every, commit_every_s=commit_every_s)
         self._current: str | None = None
 
     def existing(self) -> set[str]:
@@ -257,8 +295,7 @@ class HlocWriter:
         g.create_dataset("oris", data=np.asarray(feats.oris, np.float32))
         self._current = None
         self._names.add(name)
-        self.tx.dirty = True
-        self.tx.maybe_commit()
+        self.tx.did_work()
 
     def __exit__(self, *exc: Any) -> None:
         if self.tx.h5 is None:
@@ -266,6 +303,9 @@ class HlocWriter:
         if self._current is not None and self._current in self.tx.h5:  # interrupted mid-image
             del self.tx.h5[self._current]
             self._names.discard(self._current)
+        if not self._names:  # nothing stored: leave nothing (an empty file would only block the next run)
+            self.tx.discard()
+            return
         try:
             self.tx.commit()
         except BaseException:
@@ -277,11 +317,13 @@ class HlocWriter:
 
 
 class _FolderWriter:
-    """Shared logic of the one-file-per-image writers."""
+    """Shared logic of the one-file-per-image writers (each file is its own commit)."""
 
     suffix = ""
+    kind = ""
 
-    def __init__(self, path: str | Path, provenance: dict[str, Any], overwrite: bool = False, half: bool = False) -> None:
+    def __init__(self, path: str | Path, provenance: dict[str, Any], overwrite: bool = False, half: bool = False,
+                 commit_every: int = COMMIT_EVERY_IMAGES, commit_every_s: float = COMMIT_EVERY_S) -> None:
         self.path = Path(path)
         self.provenance = provenance
         self.half = half
@@ -289,15 +331,16 @@ class _FolderWriter:
             raise BadInputError(f"--out must be a folder for the {self.kind} format", self.path)
         prov_file = self.path / PROVENANCE_FILE
         self._names: set[str] = set()
+        self._started = False  # provenance written (with the first image)
         if overwrite and self.path.is_dir():
             for f in self._files():
                 f.unlink()
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            old = json.loads(prov_file.read_text(encoding="utf-8")) if prov_file.is_file() else None
-            _check_resume(self.path, old, provenance)
-            self._names = set(folder_feature_names(self.path, self.suffix))
-
-    kind = ""
+        elif self.path.is_dir():
+            names = folder_feature_names(self.path, self.suffix)
+            if names:  # a folder holding no image blocks nothing
+                old = json.loads(prov_file.read_text(encoding="utf-8")) if prov_file.is_file() else None
+                _check_resume(self.path, old, provenance)
+            self._names = set(names)
 
     def _files(self) -> Iterator[Path]:
         return (p for p in self.path.rglob(f"*{self.suffix}") if p.is_file())
@@ -306,14 +349,18 @@ class _FolderWriter:
         return set(self._names)
 
     def __enter__(self) -> _FolderWriter:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / PROVENANCE_FILE, json.dumps(_jsonable(self.provenance), indent=2, sort_keys=True) + "\n")
+        sweep_stale_temps(self.path)  # once here; each file's own write then skips the search
         return self
 
     def __exit__(self, *exc: Any) -> None:
         return None
 
     def target(self, name: str) -> Path:
+        """Where image ``name`` goes; the provenance file is written before the first one."""
+        if not self._started:
+            write_text_atomic(self.path / PROVENANCE_FILE,
+                              json.dumps(_jsonable(self.provenance), indent=2, sort_keys=True) + "\n")
+            self._started = True
         return self.path / (name + self.suffix)
 
 
@@ -324,7 +371,7 @@ class NpzWriter(_FolderWriter):
     kind = "npz"
 
     def write(self, name: str, feats: Features) -> None:
-        with atomic_path(self.target(name), suffix=".npz") as tmp, open(tmp, "wb") as f:
+        with atomic_path(self.target(name), suffix=".npz", clean=False) as tmp, open(tmp, "wb") as f:
             np.savez(f, keypoints=np.asarray(feats.keypoints, np.float32),
                      descriptors=np.asarray(feats.descriptors).T.astype(np.float16 if self.half else np.float32),
                      scores=np.asarray(feats.scores, np.float32), image_size=np.asarray(feats.image_size, np.int64),
@@ -359,7 +406,7 @@ class ColmapWriter(_FolderWriter):
             x, y = feats.keypoints[i] + 0.5
             head = f"{x:.4f} {y:.4f} {feats.scales[i] / 2.0:.4f} {np.deg2rad(feats.oris[i]):.6f}"
             lines.append(head + " " + " ".join(map(str, q[i].tolist())))
-        write_text_atomic(self.target(name), "\n".join(lines) + "\n")
+        write_text_atomic(self.target(name), "\n".join(lines) + "\n", clean=False)
         self._names.add(name)
 
 
@@ -372,13 +419,16 @@ WRITERS: dict[str, Callable[..., FeatureWriter]] = {"hloc": HlocWriter, "npz": N
 
 
 def open_writer(fmt: str, path: str | Path, provenance: dict[str, Any], overwrite: bool = False,
-                half: bool = False) -> FeatureWriter:
-    """The writer of a format; BadInputError listing the formats otherwise."""
+                half: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
+                commit_every_s: float = COMMIT_EVERY_S) -> FeatureWriter:
+    """The writer of a format; BadInputError listing the formats otherwise. ``commit_every`` /
+    ``commit_every_s``: how often an hloc file commits (images / seconds, whichever first)."""
     try:
         cls = WRITERS[fmt]
     except KeyError:
         raise BadInputError(f"unknown format {fmt!r}; choose from {', '.join(WRITERS)}") from None
-    return cls(path, provenance, overwrite=overwrite, half=half)
+    return cls(path, provenance, overwrite=overwrite, half=half, commit_every=commit_every,
+               commit_every_s=commit_every_s)
 
 
 def list_features(path: str | Path) -> list[str]:
