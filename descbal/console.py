@@ -183,7 +183,6 @@ def progress_reporter(quiet: bool = False, unit: Unit = "items", every: float = 
                           monotonic)
 
 
-@contextlib.contextmanager
 def emit_json(doc: Any, target: str | None) -> None:
     """Write ``doc`` (a JSON document, e.g. a result's ``to_json()``) to stdout (``-``) or
     atomically to a file; nothing when None."""
