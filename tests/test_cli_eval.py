@@ -147,7 +147,7 @@ def test_nan_or_inf(case: Path, bad: str) -> None:
     fields[2] = bad
     lines[3] = ",".join(fields)
     f.write_text("\n".join(lines) + "\n")
-    one_line_error(hp(case), "e4.csv", "row 4")
+    one_line_error(hp(case), "e4.csv", "line 4")
 
 
 def test_mixed_dimensions_within_sequence(case: Path) -> None:
