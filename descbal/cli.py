@@ -103,7 +103,8 @@ def eval_hpatches(
                                                                   "or a release folder of PNGs.")] = None,
     export_csv: Annotated[Path | None, typer.Option("--export-csv", help="With --model: also write official CSVs here.")]
     = None,
-    split: Annotated[str, typer.Option(help="Split name: a, b, c, full, illum, view, ...")] = "a",
+    split: Annotated[str | None, typer.Option(help="Split name: a, b, c, full, illum, view, ... (default: the task "
+                                                   "folder's only split, else a).")] = None,
     task: Annotated[list[Task] | None, typer.Option("--task", help="Task to run (repeatable; default: all three).")] = None,
     dist: Annotated[Dist, typer.Option("--dist", help="Descriptor distance.")] = Dist.L2,
     delimiter: Annotated[str, typer.Option(help="CSV delimiter of the descriptor files.")] = ",",
@@ -120,7 +121,8 @@ def eval_hpatches(
     with progress_reporter(quiet) as progress:
         result = run_hpatches(tasks, split, descriptors=descriptors, model=model, patches=patches, export_csv=export_csv,
                               task_names=[t.value for t in task] if task else None, dist=dist.value, delimiter=delimiter,
-                              use_cache=not no_cache, device=device, progress=progress)
+                              use_cache=not no_cache, device=device, progress=progress,
+                              log=lambda line: show([line], quiet))
     show(hpatches_tables(result), quiet)
     emit_json(result.to_json(), json_out)
 

@@ -218,3 +218,37 @@ def test_npy_tree_equals_csv_tree(case: Path, tmp_path: Path) -> None:
     a = json.loads(hp(case, "--json", "-").stdout)
     b = json.loads(run("eval", "hpatches", "-d", str(npy), "-t", str(case / "tasks"), "-q", "--json", "-").stdout)
     assert a == b
+
+
+def _rename_split(case: Path, splits: dict[str, str]) -> None:
+    """Give the case's split ``a`` (and its task files) other names; ``splits`` maps new -> old."""
+    path = case / "tasks" / "splits" / "splits.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({new: {**old[src], "name": new} for new, src in splits.items()}))
+    for new, src in splits.items():
+        for f in [] if new == src else (case / "tasks").glob(f"*_split-{src}.csv"):
+            shutil.copy(f, f.parent / f.name.replace(f"_split-{src}.csv", f"_split-{new}.csv"))
+
+
+def test_a_single_split_is_used_without_split(case: Path) -> None:
+    """Issue 21: ``make-benchmark`` writes only split ``full``, but ``eval hpatches`` defaulted to ``a``."""
+    _rename_split(case, {"full": "a"})
+    res = run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["split"] == "full"
+    assert f"split full: the only split in {case / 'tasks' / 'splits' / 'splits.json'}" in res.stderr
+
+
+def test_split_a_is_the_default_among_several(case: Path) -> None:
+    _rename_split(case, {"a": "a", "view": "a"})
+    res = run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["split"] == "a"
+    assert "split a: the default;" in res.stderr and "also has view" in res.stderr
+
+
+def test_several_splits_without_a_need_split(case: Path) -> None:
+    _rename_split(case, {"full": "a", "view": "a"})
+    res = hp(case)
+    one_line_error(res, "several splits (full, view): choose one with --split", "splits.json")
+    assert hp(case, "--split", "view").exit_code == 0

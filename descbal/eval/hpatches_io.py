@@ -276,8 +276,33 @@ def load_splits(tasks_dir: str | Path) -> dict[str, dict]:
     return splits
 
 
-def get_split(tasks_dir: str | Path, name: str) -> dict:
-    """One split by name; BadInputError naming the known splits when absent."""
+#: The split evaluated when none is named and the task folder has several (HPatches' first split).
+DEFAULT_SPLIT = "a"
+
+
+def default_split(tasks_dir: str | Path) -> tuple[str, str]:
+    """The split to evaluate when none is named, and why (one phrase, for a log line): the task
+    folder's only split (``descbal make-benchmark`` writes just one, ``full``), else
+    :data:`DEFAULT_SPLIT`.
+
+    Raises:
+        BadInputError: several splits and none of them is :data:`DEFAULT_SPLIT` (listing them).
+    """
+    splits = load_splits(tasks_dir)
+    where = find_splits_file(tasks_dir)
+    if len(splits) == 1:
+        return next(iter(splits)), f"the only split in {where}"
+    if DEFAULT_SPLIT in splits:
+        others = ", ".join(sorted(k for k in splits if k != DEFAULT_SPLIT))
+        return DEFAULT_SPLIT, f"the default; {where} also has {others} (--split)"
+    raise BadInputError(f"several splits ({', '.join(sorted(splits))}): choose one with --split", where)
+
+
+def get_split(tasks_dir: str | Path, name: str | None = None) -> dict:
+    """One split by name (None: :func:`default_split`); BadInputError naming the known splits
+    when absent."""
+    if name is None:
+        name = default_split(tasks_dir)[0]
     splits = load_splits(tasks_dir)
     if name not in splits:
         raise BadInputError(
