@@ -40,8 +40,8 @@ def hp(case: Path, *extra: str):
     return run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--quiet", *extra)
 
 
-def one_line_error(res, *needles: str) -> None:
-    assert res.exit_code == 2, res.output
+def one_line_error(res, *needles: str, code: int = 2) -> None:
+    assert res.exit_code == code, res.output
     assert "Traceback" not in res.output
     err = res.output.strip()
     assert err.startswith("error:"), err
@@ -112,12 +112,12 @@ def test_binary_cache_written_reused_and_invalidated(case: Path) -> None:
 
 def test_missing_sequence_folder(case: Path) -> None:
     shutil.rmtree(case / "descriptors" / "v_three")
-    one_line_error(hp(case), "v_three", "missing sequence folder")
+    one_line_error(hp(case), "v_three", "missing sequence folder", code=3)
 
 
 def test_missing_csv(case: Path) -> None:
     (case / "descriptors" / "i_two" / "h3.csv").unlink()
-    one_line_error(hp(case), "i_two", "h3.csv")
+    one_line_error(hp(case), "i_two", "h3.csv", code=3)
 
 
 def test_row_counts_differ(case: Path) -> None:
@@ -184,7 +184,7 @@ def test_unknown_split(case: Path) -> None:
 
 def test_no_splits_file(case: Path) -> None:
     shutil.rmtree(case / "tasks" / "splits")
-    one_line_error(hp(case), "splits.json")
+    one_line_error(hp(case), "splits.json", code=3)
 
 
 def test_misaligned_verification_files(case: Path) -> None:
@@ -202,7 +202,7 @@ def test_missing_task_file_is_data_missing(case: Path) -> None:
 
 def test_descriptor_folder_missing(tmp_path: Path, case: Path) -> None:
     res = run("eval", "hpatches", "-d", str(tmp_path / "nope"), "-t", str(case / "tasks"))
-    one_line_error(res, "nope", "does not exist")
+    one_line_error(res, "nope", "does not exist", code=3)
 
 
 def test_unknown_distance_is_usage_error(case: Path) -> None:

@@ -39,7 +39,7 @@ def test_each_level_overrides_the_previous(tmp_path: Path) -> None:
 def test_run_config_errors(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="unknown recipe 'nope'"):
         resolve_run_config(recipe="nope")
-    with pytest.raises(BadInputError, match="missing.toml"):
+    with pytest.raises(DataMissingError, match="missing.toml: config file not found"):
         resolve_run_config(config=tmp_path / "missing.toml")
     with pytest.raises(BadInputError, match="loop.epoch"):
         resolve_run_config(overrides=["loop.epoch=3"])

@@ -125,13 +125,13 @@ def _load_npy(path: Path) -> NDArray[np.float32]:
 def _sequence_files(root: Path, seq: str) -> tuple[list[Path], str]:
     folder = root / seq
     if not folder.is_dir():
-        raise BadInputError(f"missing sequence folder {seq!r}", folder)
+        raise DataMissingError(f"missing sequence folder {seq!r}", folder)
     for ext in (".csv", ".npy"):
         files = [folder / f"{t}{ext}" for t in TYPES]
         if all(f.is_file() for f in files):
             return files, ext
     missing = [f"{t}.csv" for t in TYPES if not (folder / f"{t}.csv").is_file()]
-    raise BadInputError(f"missing descriptor file(s) {', '.join(missing)}", folder)
+    raise DataMissingError(f"missing descriptor file(s) {', '.join(missing)}", folder)
 
 
 def _validate_sequence(seq: str, files: Sequence[Path], arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -179,12 +179,13 @@ def load_descriptors(
     sizes and modification times are unchanged. A read-only tree simply is not cached.
 
     Raises:
-        BadInputError: a missing folder or file, differing row counts within a sequence, a
-            one-column CSV (wrong delimiter), NaN/inf, or mixed dimensions.
+        DataMissingError: a missing folder or file.
+        BadInputError: differing row counts within a sequence, a one-column CSV (wrong
+            delimiter), NaN/inf, or mixed dimensions.
     """
     root = Path(root)
     if not root.is_dir():
-        raise BadInputError("descriptor folder does not exist", root)
+        raise DataMissingError("descriptor folder does not exist", root)
     cache_path = root / CACHE_NAME
     cached: dict[str, np.ndarray] = {}
     fresh: dict[str, tuple[str, np.ndarray]] = {}
@@ -256,10 +257,12 @@ def _write_cache(cache_path: Path, fresh: dict[str, tuple[str, np.ndarray]]) -> 
 def find_splits_file(tasks_dir: str | Path) -> Path:
     """``tasks_dir/splits/splits.json`` or ``tasks_dir/splits.json``."""
     tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        raise DataMissingError("task folder not found", tasks_dir)
     for p in (tasks_dir / "splits" / "splits.json", tasks_dir / "splits.json"):
         if p.is_file():
             return p
-    raise BadInputError("no splits/splits.json or splits.json", tasks_dir)
+    raise DataMissingError("no splits/splits.json or splits.json", tasks_dir)
 
 
 def load_splits(tasks_dir: str | Path) -> dict[str, dict]:

@@ -21,7 +21,7 @@ from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequen
 from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
 from descbal.devices import resolve_device
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.brown import BrownResult, evaluate_brown
 from descbal.eval.hpatches import HPatchesResult
 from descbal.eval.hpatches_io import HPatchesDescriptors
@@ -124,6 +124,8 @@ def run_hpatches(tasks: str | Path | None, split: str | None = None, *, descript
 
     if (model is None) == (descriptors is None):
         raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
+    if patches is not None and not Path(patches).exists():  # before tasks/ beside it is looked for
+        raise DataMissingError("HPatches patches not found (a cache .h5 or a release folder)", patches)
     if tasks is None:
         if patches is None:
             raise BadInputError("--tasks DIR is required")

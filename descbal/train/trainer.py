@@ -36,7 +36,7 @@ import descbal
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import PatchSet, load_patchset
 from descbal.devices import resolve_device
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
 from descbal.models import build_model
@@ -352,8 +352,10 @@ def resume_run(run_dir: str | Path) -> Trainer:
     """A trainer restored from ``run_dir/checkpoints/last.pt`` with the run's own config."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.pt"
+    if not run_dir.is_dir():
+        raise DataMissingError("run folder not found", run_dir)
     if not ckpt.is_file():
-        raise BadInputError("no checkpoints/last.pt to resume from", run_dir)
+        raise DataMissingError("no checkpoints/last.pt to resume from", run_dir)
     cfg = load_config(RunConfig, run_dir / "config.toml")
     train = load_patchset(cfg.data.train)
     val = load_patchset(cfg.data.val) if cfg.data.val else None
