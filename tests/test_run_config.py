@@ -65,3 +65,11 @@ def test_brown_names(tmp_path: Path) -> None:
         resolve_brown_names(["atlantis"], tmp_path)
     with pytest.raises(BadInputError, match="no Brown set given"):
         resolve_brown_names([], tmp_path)
+
+
+def test_seed_and_device_come_after_set() -> None:
+    """Issue 21: ``train`` had no --seed or --device; they override --set like --data does."""
+    cfg = resolve_run_config("triplet", overrides=["loop.seed=3", "loop.device=cuda"], seed=5, device="cpu")
+    assert (cfg.loop.seed, cfg.loop.device) == (5, "cpu")
+    cfg = resolve_run_config("triplet", overrides=["loop.seed=3", "loop.device=cuda"])
+    assert (cfg.loop.seed, cfg.loop.device) == (3, "cuda")

@@ -366,16 +366,16 @@ def resume_run(run_dir: str | Path) -> Trainer:
 
 def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
              config: str | Path | None = None, overrides: Sequence[str] = (), data: str | Path | None = None,
-             val: str | Path | None = None) -> Trainer:
+             val: str | Path | None = None, seed: int | None = None, device: str | None = None) -> Trainer:
     """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
-    or started in ``out`` from the config resolved as recipe < config < overrides < data/val
-    (:func:`descbal.run_config.resolve_run_config`)."""
+    or started in ``out`` from the config resolved as recipe < config < overrides <
+    data/val/seed/device (:func:`descbal.run_config.resolve_run_config`)."""
     from descbal.run_config import resolve_run_config
 
     if resume is not None:
-        if config or recipe or overrides or data or val:
+        if config or recipe or overrides or data or val or seed is not None or device is not None:
             raise BadInputError("--resume continues a run with its own config; drop the other options")
         return resume_run(resume)
     if out is None:
         raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    return start_run(resolve_run_config(recipe, config, overrides, data, val), out)
+    return start_run(resolve_run_config(recipe, config, overrides, data, val, seed, device), out)
