@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from descbal import __version__
 from descbal.detectors import DETECTORS
@@ -23,15 +24,48 @@ from descbal.geometry import ANGLE_UNITS, PIXEL_ORIGINS, SIZE_KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-app = typer.Typer(
+
+def _flags_without_placeholder(params: list[Any]) -> list[Any]:
+    """Typer's rich help prints a ``<bool>`` value placeholder after flags, which take no value
+    (``--quiet true`` is refused): an empty metavar leaves the type column blank for them."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class FlagCommand(TyperCommand):
+    """A command whose help shows flags (``--quiet``, ``--overwrite``...) without a value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_placeholder(super().get_params(ctx))
+
+
+class FlagGroup(TyperGroup):
+    """A command group whose help shows flags (``--help``, ``--version``) without a value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_placeholder(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose commands and groups follow the option conventions of the help."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=FlagGroup, **kwargs)
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or FlagCommand, **kwargs)
+
+
+app = App(
     name="descbal",
     help="Learned local patch descriptors: download, cache, train, evaluate, extract.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-eval_app = typer.Typer(help="Evaluate descriptors: HPatches (official protocol) and Brown FPR95.",
-                       no_args_is_help=True)
+eval_app = App(help="Evaluate descriptors: HPatches (official protocol) and Brown FPR95.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -76,6 +110,26 @@ JsonOpt = Annotated[str | None, typer.Option("--json", help="Write the result as
 MODEL_HELP = ("Checkpoint, run folder, published weights (TFeat/HardNet/HyNet/SOSNet), an architecture name "
               "(untrained, seeded), or sift / rootsift; NAME=MODEL shows it as NAME.")
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+
+
+# The option conventions (README, Conventions; tests/test_cli_conventions.py): an output is
+# -o/--out, a model -m/--model, a seed --seed, in every command that has one.
+def out_option(help: str) -> Any:
+    """``-o/--out``: the file or folder a command writes."""
+    return typer.Option("--out", "-o", help=help)
+
+
+def model_option(help: str = MODEL_HELP) -> Any:
+    """``-m/--model``: any model spec (:func:`descbal.models.resolve.resolve_model`)."""
+    return typer.Option("--model", "-m", help=help)
+
+
+def seed_option(help: str = "Seed of every random choice.") -> Any:
+    """``--seed``."""
+    return typer.Option("--seed", help=help)
+
+
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when any input was skipped (default: exit 0 with a "
                                          "warning; the JSON lists the skipped inputs).")]
 
@@ -115,17 +169,18 @@ def eval_hpatches(
                                                                      "(default with --patches: tasks/ beside it).")] = None,
     descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
                                                      help="DIR/<sequence>/<type>.csv (or .npy), the official layout.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    model: Annotated[str | None, model_option()] = None,
     patches: Annotated[Path | None, typer.Option("--patches", help="HPatches cache .h5 (descbal cache hpatches) "
                                                                   "or a release folder of PNGs.")] = None,
     export_csv: Annotated[Path | None, typer.Option("--export-csv", help="With --model: also write official CSVs here.")]
     = None,
-    split: Annotated[str, typer.Option(help="Split name: a, b, c, full, illum, view, ...")] = "a",
+    split: Annotated[str | None, typer.Option(help="Split name: a, b, c, full, illum, view, ... (default: the task "
+                                                   "folder's only split, else a).")] = None,
     task: Annotated[list[Task] | None, typer.Option("--task", help="Task to run (repeatable; default: all three).")] = None,
     dist: Annotated[Dist, typer.Option("--dist", help="Descriptor distance.")] = Dist.L2,
     delimiter: Annotated[str, typer.Option(help="CSV delimiter of the descriptor files.")] = ",",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the binary descriptor cache.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (with --model).")] = "auto",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -137,7 +192,8 @@ def eval_hpatches(
     with progress_reporter(quiet) as progress:
         result = run_hpatches(tasks, split, descriptors=descriptors, model=model, patches=patches, export_csv=export_csv,
                               task_names=[t.value for t in task] if task else None, dist=dist.value, delimiter=delimiter,
-                              use_cache=not no_cache, device=device, progress=progress)
+                              use_cache=not no_cache, device=device, progress=progress,
+                              log=lambda line: show([line], quiet))
     show(hpatches_tables(result), quiet)
     emit_json(result.to_json(), json_out)
 
@@ -148,10 +204,10 @@ def eval_brown(
     pairs: Annotated[Path | None, typer.Option("--pairs", "-p", help="m50_*.txt pairs file, or a Brown cache .h5.")] = None,
     descriptors: Annotated[Path | None, typer.Option("--descriptors", "-d",
                                                      help="Per-patch descriptors: .npy (N, D) or .h5 'descriptors'.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    model: Annotated[str | None, model_option()] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Brown cache .h5 (patches + pairs) for --model.")] = None,
     definition: Annotated[FprDef, typer.Option("--fpr", help="FPR95 definition.")] = FprDef.hardnet,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (with --model).")] = "auto",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -169,10 +225,10 @@ def eval_brown(
 @eval_app.command("example")
 @handle_errors
 def eval_example(
-    out: Annotated[Path | None, typer.Option(help="Keep the generated example here (default: a temporary folder).")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "sift",
-    seed: Annotated[int, typer.Option(help="Seed of the generated example.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for a network).")] = "auto",
+    out: Annotated[Path | None, out_option("Keep the generated example here (default: a temporary folder).")] = None,
+    model: Annotated[str, model_option()] = "sift",
+    seed: Annotated[int, seed_option("Seed of the generated example.")] = 0,
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -214,7 +270,6 @@ AngleSignOpt = Annotated[float, typer.Option("--angle-sign", help="+1: clockwise
 PixelOriginOpt = Annotated[PixelOrigin, typer.Option("--pixel-origin", help="center: pixel centres at integers (OpenCV, "
                                                      "hloc); corner: pixel (0,0) spans [0,1].", rich_help_panel=_GEO)]
 UprightOpt = Annotated[bool, typer.Option("--upright", help="Ignore keypoint orientations.", rich_help_panel=_GEO)]
-DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 
 
 def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float, pixel_origin: PixelOrigin,
@@ -228,8 +283,8 @@ def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign
 @handle_errors
 def extract_cmd(
     images_dir: Annotated[Path | None, typer.Argument(help="Folder of images (searched recursively).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Features file (hloc .h5) or folder (npz, colmap).")] = None,
+    model: Annotated[str | None, model_option()] = None,
+    out: Annotated[Path | None, out_option("Features file (hloc .h5) or folder (npz, colmap).")] = None,
     fmt: Annotated[FeatFormat, typer.Option("--format", help="hloc (HDF5), npz (one file per image) or colmap (text, "
                                             "lossy).")] = FeatFormat.hloc,
     detector: DetectorOpt = "sift",
@@ -290,7 +345,7 @@ def extract_cmd(
 
 # ------------------------------------------------------------------------------ download
 
-download_app = typer.Typer(help="Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable.",
+download_app = App(help="Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable.",
                            no_args_is_help=True)
 app.add_typer(download_app, name="download")
 
@@ -353,7 +408,7 @@ def download_hpatches(
 
 # ------------------------------------------------------------------------------ cache
 
-cache_app = typer.Typer(help="Convert raw datasets into HDF5 patch caches (idempotent, atomic).", no_args_is_help=True)
+cache_app = App(help="Convert raw datasets into HDF5 patch caches (idempotent, atomic).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Rebuild even if an up-to-date cache exists.")]
 
@@ -388,7 +443,7 @@ def cache_brown_cmd(
 @handle_errors
 def cache_hpatches_cmd(
     root: RootOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output file (default ROOT/hpatches/hpatches.h5).")] = None,
+    out: Annotated[Path | None, out_option("Output file (default ROOT/hpatches/hpatches.h5).")] = None,
     overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """The HPatches patches release into one HDF5 file; task files copied beside it."""
@@ -406,7 +461,7 @@ def cache_hpatches_cmd(
 @handle_errors
 def cache_sequences_cmd(
     src: Annotated[Path, typer.Argument(help="Folder of sequences (1..6.ppm|png, H_1_2..H_1_6).")],
-    out: Annotated[Path, typer.Option("--out", help="Output HDF5 file.")],
+    out: Annotated[Path, out_option("Output HDF5 file.")],
     overwrite: OverwriteOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Image sequences with homographies into one HDF5 file."""
@@ -424,20 +479,23 @@ def cache_sequences_cmd(
 @app.command("train")
 @handle_errors
 def train_cmd(
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder (config, logs, checkpoints, model).")] = None,
+    out: Annotated[Path | None, out_option("Run folder (config, logs, checkpoints, model).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with the run configuration.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe (see --list-recipes).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Training cache (.h5 with patches, labels).")] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly.")] = None,
+    seed: Annotated[int | None, seed_option("Seed of the run (loop.seed; after --set).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda "
+                                               "(loop.device; after --set).")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the shipped recipes and exit.")] = False,
     show_recipe: Annotated[str | None, typer.Option("--show-recipe", help="Print a recipe's TOML (to copy) and exit.")]
     = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a descriptor. Precedence: defaults < --recipe < --config < --set < --data/--val."""
+    """Train a descriptor. Precedence: defaults < --recipe < --config < --set < --data/--val/--seed/--device."""
     from descbal.console import emit_json, progress_reporter, show, stderr
     from descbal.recipes import recipe_names, recipe_text
     from descbal.report import train_report, train_start_line
@@ -450,7 +508,8 @@ def train_cmd(
     if show_recipe is not None:
         typer.echo(recipe_text(show_recipe), nl=False)
         return
-    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val)
+    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val,
+                       seed=seed, device=device)
     show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
         with progress_reporter(quiet) as progress:
@@ -466,11 +525,11 @@ def train_cmd(
 @handle_errors
 def cache_images_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", help="Output patch pool (.h5, Brown schema + holdout).")],
+    out: Annotated[Path, out_option("Output patch pool (.h5, Brown schema + holdout).")],
     detector: DetectorOpt = "sift",
     max_keypoints: Annotated[int, typer.Option(help="Keypoints per photo, strongest first.")] = 300,
     views: Annotated[int, typer.Option(help="Views per keypoint (the photo itself plus random homographies).")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    seed: Annotated[int, seed_option()] = 0,
     mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
     holdout: Annotated[float, typer.Option(help="Fraction of photos held out for the FPR95 pairs.")] = 0.1,
     overwrite: OverwriteOpt = False, strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
@@ -500,10 +559,11 @@ def cache_images_cmd(
 @handle_errors
 def make_benchmark_cmd(
     sequences: Annotated[Path, typer.Argument(help="Sequences with homographies (1..6.ppm|png, H_1_2..H_1_6).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (patches/ in the HPatches layout, tasks/).")],
+    out: Annotated[Path, out_option("Output folder (patches/ in the HPatches layout, tasks/).")],
+    detector: DetectorOpt = "sift",
     max_keypoints: Annotated[int, typer.Option(help="Patches per sequence.")] = 1000,
     split: Annotated[str, typer.Option(help="Name of the split covering all sequences.")] = "full",
-    seed: Annotated[int, typer.Option(help="Seed of the jitter and the task files.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the jitter and the task files.")] = 0,
     strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """An HPatches-format patch benchmark (easy/hard/tough jitter, official task files) from image
@@ -514,7 +574,8 @@ def make_benchmark_cmd(
     from descbal.report import benchmark_report
 
     with progress_reporter(quiet) as progress:
-        result = make_benchmark(sequences, out, BenchmarkConfig(seed=seed, max_keypoints=max_keypoints, split=split),
+        result = make_benchmark(sequences, out, BenchmarkConfig(seed=seed, detector=detector, max_keypoints=max_keypoints,
+                                                                    split=split),
                                 progress=progress)
     show(benchmark_report(result), quiet)
     emit_json(result.to_json(), json_out)
@@ -524,9 +585,8 @@ def make_benchmark_cmd(
 @app.command("quickstart")
 @handle_errors
 def quickstart_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Working folder (pool, run/model.pt, benchmark).")] = Path(
-        "descbal-quickstart"),
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    out: Annotated[Path, out_option("Working folder (pool, run/model.pt, benchmark).")] = Path("descbal-quickstart"),
+    seed: Annotated[int, seed_option()] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Shrink every stage (a smoke test, under a minute).")] = False,
     json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -551,7 +611,7 @@ def quickstart_cmd(
 def match_cmd(
     features: Annotated[Path, typer.Argument(help="hloc features file (descbal extract).")],
     pairs: Annotated[Path, typer.Option("--pairs", "-p", help="Text file of image pairs, 'name0 name1' per line.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="hloc matches file (.h5).")],
+    out: Annotated[Path, out_option("hloc matches file (.h5).")],
     ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test (e.g. 0.8).")] = None,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute pairs already in --out.")] = False,
@@ -577,7 +637,7 @@ def match_cmd(
 @handle_errors
 def eval_sequences_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of sequences (<seq>/1..6.ppm|png, H_1_k), e.g. HPatches.")],
-    model: Annotated[list[str], typer.Option("--model", "-m", help=MODEL_HELP + " Repeatable.")],
+    model: Annotated[list[str], model_option(MODEL_HELP + " Repeatable: the models are compared in one table.")],
     sequence: Annotated[list[str] | None, typer.Option("--sequence", help="Only this sequence (repeatable).")] = None,
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 2048,

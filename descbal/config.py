@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tomllib
 
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 
 T = TypeVar("T")
 
@@ -132,6 +132,8 @@ def _read_source(source: Source) -> dict[str, Any]:
     if where is not None:
         try:
             text = where.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataMissingError("config file not found", where) from None
         except OSError as e:
             raise BadInputError(f"cannot read config ({e.strerror})", where) from None
     else:

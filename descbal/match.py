@@ -134,7 +134,7 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
 
     Raises:
         DataMissingError: the features or pairs file is absent.
-        BadInputError: names of the pairs file that the features file does not hold (all of
+        BadInputError: no pairs at all (nothing is written), names of the pairs file that the features file does not hold (all of
             them listed), or an unreadable file.
     """
     from descbal.extract.writers import AtomicH5, h5_feature_names
@@ -145,6 +145,9 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
     pair_list = list(pairs) if isinstance(pairs, list) else read_pairs(pairs)
     if not features.is_file():
         raise DataMissingError("features file not found", features)
+    if not pair_list:  # an empty matches file would look like a finished run
+        raise BadInputError("no image pairs (the file is empty or holds only blank lines and # comments)",
+                            None if isinstance(pairs, list) else pairs)
     try:
         feats = h5py.File(features, "r", locking=False)
     except OSError as e:

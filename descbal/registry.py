@@ -5,6 +5,7 @@ Used for models (``descbal.models.MODELS``) and losses (``descbal.losses.registr
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +34,14 @@ class Registry(dict[str, type]):
             return cls
 
         return deco
+
+    def parameters(self, name: str) -> list[str] | None:
+        """The keyword parameters of the constructor registered as ``name``, in order; None when
+        it also takes ``**kwargs`` (any name may be right). KeyError for an unknown name."""
+        sig = inspect.signature(self[name])
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return None
+        return [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
     def build(self, name: str, **params: Any) -> Any:
         """Instantiate a registered class; ValueError listing the known names otherwise."""

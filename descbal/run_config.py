@@ -1,7 +1,8 @@
 """The configuration of a training run from its sources, in the documented precedence.
 
 ``descbal train`` and Python users resolve a run the same way: dataclass defaults < a shipped
-recipe < a TOML file < ``section.key=value`` overrides < the training / validation data paths.
+recipe < a TOML file < ``section.key=value`` overrides < the training / validation data paths,
+seed and device (``--data``, ``--val``, ``--seed``, ``--device``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from descbal.train.config import RunConfig
 
 
 def resolve_run_config(recipe: str | None = None, config: str | Path | None = None, overrides: Iterable[str] = (),
-                       data: str | Path | None = None, val: str | Path | None = None) -> RunConfig:
+                       data: str | Path | None = None, val: str | Path | None = None, seed: int | None = None,
+                       device: str | None = None) -> RunConfig:
     """Resolve a :class:`~descbal.train.config.RunConfig`: defaults < ``recipe`` (a name of
     :func:`~descbal.recipes.recipe_names`) < ``config`` (a TOML file) < ``overrides``
     (``section.key=value``, later ones win) < ``data`` (``data.train``) and ``val``
-    (``data.val``), both made absolute.
+    (``data.val``), both made absolute, ``seed`` (``loop.seed``) and ``device``
+    (``loop.device``).
 
     Raises:
         BadInputError: an unknown recipe, an unreadable or invalid TOML file, a malformed
@@ -33,4 +36,8 @@ def resolve_run_config(recipe: str | None = None, config: str | Path | None = No
         items.append(f"data.train={json.dumps(str(Path(data).resolve()))}")
     if val is not None:
         items.append(f"data.val={json.dumps(str(Path(val).resolve()))}")
+    if seed is not None:
+        items.append(f"loop.seed={int(seed)}")
+    if device is not None:
+        items.append(f"loop.device={json.dumps(device)}")
     return load_config(RunConfig, sources, items)

@@ -40,8 +40,8 @@ def hp(case: Path, *extra: str):
     return run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--quiet", *extra)
 
 
-def one_line_error(res, *needles: str) -> None:
-    assert res.exit_code == 2, res.output
+def one_line_error(res, *needles: str, code: int = 2) -> None:
+    assert res.exit_code == code, res.output
     assert "Traceback" not in res.output
     err = res.output.strip()
     assert err.startswith("error:"), err
@@ -112,12 +112,12 @@ def test_binary_cache_written_reused_and_invalidated(case: Path) -> None:
 
 def test_missing_sequence_folder(case: Path) -> None:
     shutil.rmtree(case / "descriptors" / "v_three")
-    one_line_error(hp(case), "v_three", "missing sequence folder")
+    one_line_error(hp(case), "v_three", "missing sequence folder", code=3)
 
 
 def test_missing_csv(case: Path) -> None:
     (case / "descriptors" / "i_two" / "h3.csv").unlink()
-    one_line_error(hp(case), "i_two", "h3.csv")
+    one_line_error(hp(case), "i_two", "h3.csv", code=3)
 
 
 def test_row_counts_differ(case: Path) -> None:
@@ -147,7 +147,7 @@ def test_nan_or_inf(case: Path, bad: str) -> None:
     fields[2] = bad
     lines[3] = ",".join(fields)
     f.write_text("\n".join(lines) + "\n")
-    one_line_error(hp(case), "e4.csv", "row 4")
+    one_line_error(hp(case), "e4.csv", "line 4")
 
 
 def test_mixed_dimensions_within_sequence(case: Path) -> None:
@@ -184,7 +184,7 @@ def test_unknown_split(case: Path) -> None:
 
 def test_no_splits_file(case: Path) -> None:
     shutil.rmtree(case / "tasks" / "splits")
-    one_line_error(hp(case), "splits.json")
+    one_line_error(hp(case), "splits.json", code=3)
 
 
 def test_misaligned_verification_files(case: Path) -> None:
@@ -202,7 +202,7 @@ def test_missing_task_file_is_data_missing(case: Path) -> None:
 
 def test_descriptor_folder_missing(tmp_path: Path, case: Path) -> None:
     res = run("eval", "hpatches", "-d", str(tmp_path / "nope"), "-t", str(case / "tasks"))
-    one_line_error(res, "nope", "does not exist")
+    one_line_error(res, "nope", "does not exist", code=3)
 
 
 def test_unknown_distance_is_usage_error(case: Path) -> None:
@@ -218,3 +218,37 @@ def test_npy_tree_equals_csv_tree(case: Path, tmp_path: Path) -> None:
     a = json.loads(hp(case, "--json", "-").stdout)
     b = json.loads(run("eval", "hpatches", "-d", str(npy), "-t", str(case / "tasks"), "-q", "--json", "-").stdout)
     assert a == b
+
+
+def _rename_split(case: Path, splits: dict[str, str]) -> None:
+    """Give the case's split ``a`` (and its task files) other names; ``splits`` maps new -> old."""
+    path = case / "tasks" / "splits" / "splits.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({new: {**old[src], "name": new} for new, src in splits.items()}))
+    for new, src in splits.items():
+        for f in [] if new == src else (case / "tasks").glob(f"*_split-{src}.csv"):
+            shutil.copy(f, f.parent / f.name.replace(f"_split-{src}.csv", f"_split-{new}.csv"))
+
+
+def test_a_single_split_is_used_without_split(case: Path) -> None:
+    """Issue 21: ``make-benchmark`` writes only split ``full``, but ``eval hpatches`` defaulted to ``a``."""
+    _rename_split(case, {"full": "a"})
+    res = run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["split"] == "full"
+    assert f"split full: the only split in {case / 'tasks' / 'splits' / 'splits.json'}" in res.stderr
+
+
+def test_split_a_is_the_default_among_several(case: Path) -> None:
+    _rename_split(case, {"a": "a", "view": "a"})
+    res = run("eval", "hpatches", "-d", str(case / "descriptors"), "-t", str(case / "tasks"), "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["split"] == "a"
+    assert "split a: the default;" in res.stderr and "also has view" in res.stderr
+
+
+def test_several_splits_without_a_need_split(case: Path) -> None:
+    _rename_split(case, {"full": "a", "view": "a"})
+    res = hp(case)
+    one_line_error(res, "several splits (full, view): choose one with --split", "splits.json")
+    assert hp(case, "--split", "view").exit_code == 0

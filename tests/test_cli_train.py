@@ -162,7 +162,7 @@ def test_missing_or_absent_data(sets: tuple[Path, Path], tmp_path: Path) -> None
 
 def test_resume_errors(trained: tuple[Path, dict], tmp_path: Path) -> None:
     one_line_error(run("train", "--resume", trained[0], "--set", "loop.epochs=3"), 2, "--resume")
-    one_line_error(run("train", "--resume", tmp_path), 2, "last.pt")
+    one_line_error(run("train", "--resume", tmp_path), 3, "last.pt")
 
 
 def test_start_on_an_existing_run(trained: tuple[Path, dict], sets: tuple[Path, Path]) -> None:
@@ -288,3 +288,15 @@ def test_show_recipe_prints_copyable_toml(tmp_path: Path) -> None:
     doc = tomllib.loads(res.stdout)
     assert doc["loss"]["name"] == "balance" and doc["phases"]["anneal"]["cycles"]["iters"] == 1400
     assert runner.invoke(app, ["train", "--show-recipe", "nope"]).exit_code == 2
+
+
+def test_seed_and_device_options(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 21: ``--seed`` and ``--device`` map to loop.seed / loop.device, after --set."""
+    out = tmp_path / "run"
+    res = run("train", "--recipe", "triplet", "--data", sets[0], *SMALL, "--set", "loop.seed=1", "--seed", "11",
+              "--set", "loop.device=cuda", "--device", "cpu", "--out", out, "-q")
+    assert res.exit_code == 0, (res.output, res.exception)
+    text = (out / "config.toml").read_text()
+    assert "seed = 11" in text and 'device = "cpu"' in text
+    res = run("train", "--resume", out, "--seed", "3")
+    assert res.exit_code == 2 and "drop the other options" in res.stderr

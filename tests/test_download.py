@@ -510,7 +510,7 @@ def test_fetch_option_errors(tmp_path: Path) -> None:
         fetch(two, tmp_path, extra_mirrors=["http://h/liberty.zip"])
     with pytest.raises(BadInputError, match="checksum"):
         fetch(two[:1], tmp_path, checksum="crc32:1234")
-    with pytest.raises(BadInputError, match="no such file"):
+    with pytest.raises(DataMissingError, match="no such file"):
         fetch(two[:1], tmp_path, from_file=tmp_path / "missing.zip")
 
 

@@ -92,3 +92,34 @@ def test_csv_errors(tmp_path: Path) -> None:
     f.write_text("")
     with pytest.raises(BadInputError, match="empty"):
         parse_descriptor_csv(f)
+
+
+def test_csv_errors_number_lines_from_one_like_an_editor(tmp_path: Path) -> None:
+    """Issue 21: a non-numeric value was reported one row lower than a wrong column count."""
+    f = tmp_path / "x.csv"
+    f.write_text("1,2\n3,4\n5,abc\n")
+    with pytest.raises(BadInputError) as e:
+        parse_descriptor_csv(f)
+    assert str(e.value) == f"{f}: line 3: 'abc' is not a number"
+    f.write_text("1,2\n3,4\n5,6,7\n")
+    with pytest.raises(BadInputError) as e:
+        parse_descriptor_csv(f)
+    assert str(e.value) == f"{f}: line 3 does not have 2 columns (it has 3)"
+    f.write_text("1,2\n\n3,4\n5,nan\n")  # a blank line is skipped but still counts as a line
+    with pytest.raises(BadInputError) as e:
+        parse_descriptor_csv(f)
+    assert str(e.value) == f"{f}: line 4: NaN or inf"
+
+
+def test_task_file_lines_count_blank_lines(tmp_path: Path) -> None:
+    f = tmp_path / "retr_queries_split-a.csv"
+    f.write_text("s,idx\nseq,0\n\nseq,1\nseq,x\n")  # blank lines are skipped, as pandas does
+    with pytest.raises(BadInputError) as e:
+        read_patch_list(f, {"seq": 0}, [5])
+    assert str(e.value) == f"{f}: line 5: not an integer"
+    f.write_text("s,idx\n\nseq,0\nseq,9\n")
+    with pytest.raises(BadInputError, match="line 4: patch index 9"):
+        read_patch_list(f, {"seq": 0}, [5])
+    f.write_text("s,idx\n\nseq,0\nseq,1,2\n")
+    with pytest.raises(BadInputError, match="line 4 does not have 2 columns"):
+        read_patch_list(f, {"seq": 0}, [5])

@@ -135,3 +135,17 @@ def test_bad_pairs_file(tmp_path: Path, feats: Path) -> None:
         read_pairs(tmp_path / "p.txt")
     r = runner.invoke(app, ["match", str(feats), "--pairs", str(tmp_path / "none.txt"), "--out", str(tmp_path / "m.h5")])
     assert r.exit_code == 3
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_empty_pairs_file_is_bad_input_and_writes_nothing(text: str, tmp_path: Path, feats: Path) -> None:
+    """Issue 21: an empty pairs file silently wrote an empty matches file."""
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(text)
+    out = tmp_path / "m.h5"
+    r = runner.invoke(app, ["match", str(feats), "--pairs", str(pairs), "--out", str(out)])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {pairs}: no image pairs (the file is empty or holds only blank lines and # comments)"
+    assert not out.exists()
+    with pytest.raises(BadInputError, match="no image pairs"):
+        match_features(feats, [], out)

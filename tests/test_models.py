@@ -393,9 +393,23 @@ def test_non_torch_files_are_bad_input(tmp_path: Path) -> None:
     for name, data in (("text.pt", b"not a checkpoint\n"), ("empty.pt", b""), ("npy.pt", b"\x93NUMPY\x01\x00")):
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(BadInputError, match="not a readable PyTorch weights file") as e:
+        with pytest.raises(BadInputError, match=r"not a PyTorch checkpoint \(or not a weights file\)") as e:
             load(path)
         assert e.value.exit_code == 2 and str(path) in str(e.value)
+
+
+def test_random_bytes_say_not_a_checkpoint(tmp_path: Path) -> None:
+    """Issue 21: random bytes gave torch's weights-only paragraph cut mid-word."""
+    path = tmp_path / "random.pt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    half = tmp_path / "half.pt"  # a real checkpoint cut in the middle (a damaged zip archive)
+    torch.save({"w": torch.zeros(4)}, half)
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
+    for p in (path, half):
+        with pytest.raises(BadInputError) as e:
+            load(p)
+        assert str(e.value) == f"{p}: not a PyTorch checkpoint (or not a weights file)"
+        assert e.value.exit_code == 2
 
 
 class Payload:
@@ -414,7 +428,7 @@ def test_pickled_code_is_never_executed(where: str, tmp_path: Path) -> None:
     sd = build_model("hardnet").state_dict()
     obj = {"payload": Payload(str(marker)), **sd} if where == "top" else {"state_dict": sd, "meta": Payload(str(marker))}
     torch.save(obj, tmp_path / "evil.pth")
-    with pytest.raises(BadInputError, match="not a readable PyTorch weights file"):
+    with pytest.raises(BadInputError, match=r"not a weights file: it holds pickled Python objects \(\w+\.mkdir\)"):
         load(tmp_path / "evil.pth")
     assert not marker.exists()
 

@@ -39,7 +39,7 @@ def test_each_level_overrides_the_previous(tmp_path: Path) -> None:
 def test_run_config_errors(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="unknown recipe 'nope'"):
         resolve_run_config(recipe="nope")
-    with pytest.raises(BadInputError, match="missing.toml"):
+    with pytest.raises(DataMissingError, match="missing.toml: config file not found"):
         resolve_run_config(config=tmp_path / "missing.toml")
     with pytest.raises(BadInputError, match="loop.epoch"):
         resolve_run_config(overrides=["loop.epoch=3"])
@@ -65,3 +65,62 @@ def test_brown_names(tmp_path: Path) -> None:
         resolve_brown_names(["atlantis"], tmp_path)
     with pytest.raises(BadInputError, match="no Brown set given"):
         resolve_brown_names([], tmp_path)
+
+
+def test_seed_and_device_come_after_set() -> None:
+    """Issue 21: ``train`` had no --seed or --device; they override --set like --data does."""
+    cfg = resolve_run_config("triplet", overrides=["loop.seed=3", "loop.device=cuda"], seed=5, device="cpu")
+    assert (cfg.loop.seed, cfg.loop.device) == (5, "cpu")
+    cfg = resolve_run_config("triplet", overrides=["loop.seed=3", "loop.device=cuda"])
+    assert (cfg.loop.seed, cfg.loop.device) == (3, "cuda")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loss.params.tacher=none",
+     "config: loss.params.tacher: loss 'balance' has no parameter 'tacher' (its parameters: lo, hi, A, R, teacher, "
+     "boundary)"),
+    ("loss.miner_params.margin=1", "config: loss.miner_params.margin: miner 'hardest' has no parameter 'margin' "
+                                   "(its parameters: near_duplicate)"),
+    ("loss.reducer_params.over=all", "config: loss.reducer_params need loss.reducer (the loss's own reducer is built "
+                                     "from loss.params)"),
+    ("model.params.widht=2", "config: model.params.widht: model 'hynet' has no parameter 'widht' (its parameters: dim, "
+                             "dropout, init_gain, init_bias)"),
+    ("loss.name=balanse", "config: loss.name: unknown loss 'balanse'; choose from anneal, balance, ddtas, "
+                          "memory_contrastive, osm_caa, triplet"),
+])
+def test_unknown_parameters_name_the_key_and_list_the_known_ones(override: str, message: str) -> None:
+    """Issue 21: ``--set loss.params.tacher=none`` gave Python's ``__init__()`` message, no key."""
+    with pytest.raises(BadInputError) as e:
+        resolve_run_config("self-tnet-small", overrides=[override])
+    assert str(e.value) == message
+
+
+def test_parameters_of_a_phase_loss_and_a_named_reducer() -> None:
+    with pytest.raises(BadInputError) as e:
+        resolve_run_config("self-tnet-small", overrides=["loss.reducer=anchor", "loss.reducer_params.pair_men=1"])
+    assert str(e.value) == ("config: loss.reducer_params.pair_men: reducer 'anchor' has no parameter 'pair_men' "
+                            "(its parameters: pair_mean, require_both, over)")
+    with pytest.raises(BadInputError, match=r"^config: phases.main.loss.params.x: loss 'triplet' has no parameter 'x' "
+                                            r"\(its parameters: margin\)$"):
+        resolve_run_config("self-tnet-small", overrides=["phases.main.loss.name=triplet", "phases.main.loss.params.x=1"])
+    ok = resolve_run_config("self-tnet-small", overrides=["loss.reducer=anchor", "loss.reducer_params.over=positives"])
+    assert ok.loss.reducer_params == {"over": "positives"}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loop.epochs=-1", "config: loop.epochs must be >= 0, got -1"),
+    ("loop.iters_per_epoch=0", "config: loop.iters_per_epoch must be >= 1, got 0"),
+    ("loop.classes_per_batch=1", "config: loop.classes_per_batch must be >= 2, got 1"),
+    ("loop.npos=1", "config: loop.npos must be >= 2, got 1"),
+    ("loop.log_every=0", "config: loop.log_every must be >= 1, got 0"),
+    ("loop.seed=-3", "config: loop.seed must be >= 0, got -3"),
+    ("schedule.lr_max=0", "config: schedule.lr_max must be > 0, got 0.0"),
+    ("phases.main.npos=1", "config: phases.main.npos must be >= 2, got 1"),
+    ("phases.main.schedule.lr_max=-1e-3", "config: phases.main.schedule.lr_max must be > 0, got -0.001"),
+    ("data.val_pairs=-1", "config: data.val_pairs must be >= 0, got -1"),
+])
+def test_out_of_range_values_name_the_key(override: str, message: str) -> None:
+    """Issue 21: ``--set loop.epochs=-1`` was accepted silently (it skipped stage 1)."""
+    with pytest.raises(BadInputError) as e:
+        resolve_run_config("self-tnet-small", overrides=[override])
+    assert str(e.value) == message

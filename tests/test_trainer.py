@@ -17,7 +17,7 @@ from train_fixtures import make_patchset, one_torch_thread, tiny_config, write_s
 import descbal
 from descbal.config import load_config
 from descbal.data.patchset import write_patchset
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.models import load
 from descbal.models.checkpoint import read_checkpoint
 from descbal.train.config import ModelConfig, RunConfig
@@ -221,8 +221,11 @@ def test_start_run_refuses_an_existing_run(cfg: RunConfig, reference, tmp_path: 
 def test_bad_runs(cfg: RunConfig, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="no training data"):
         start_run(replace(cfg, data=replace(cfg.data, train="")), tmp_path / "a")
-    with pytest.raises(BadInputError, match="no checkpoints/last.pt"):
+    with pytest.raises(DataMissingError, match="run folder not found"):
         resume_run(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataMissingError, match="no checkpoints/last.pt"):
+        resume_run(tmp_path / "empty")
     with pytest.raises(BadInputError, match="config"):
         start_run(replace(cfg, model=ModelConfig(name="no-such-net")), tmp_path / "b")
     with pytest.raises((ValueError, BadInputError), match="only 60"):

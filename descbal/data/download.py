@@ -692,7 +692,7 @@ def _ingest(
     """Install a user-supplied copy of ``rf`` (verified where a checksum is known)."""
     from_file = Path(from_file).expanduser()
     if not from_file.is_file():
-        raise BadInputError("no such file", path=from_file)
+        raise DataMissingError("no such file", path=from_file)
     hashes, verified = _verify_local(from_file, mirrors, checksum)
     sha256, md5, url = hashes.digest("sha256"), hashes.digest("md5"), from_file.resolve().as_uri()
     record_at = _archive_path(rf, root) if rf.archive else _target(rf, root)

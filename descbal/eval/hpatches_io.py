@@ -68,11 +68,44 @@ def parse_descriptor_csv(path: Path, delimiter: str = ",") -> NDArray[np.float32
         arr = np.loadtxt(path, delimiter=delimiter if delimiter.strip() else None,
                          dtype=np.float64, ndmin=2, comments=None)
     except ValueError as e:
-        msg = str(e).split(";")[0].replace("float64", "a number")
+        # numpy numbers rows from 0 in some messages and from 1 in others: find the line ourselves
+        msg = _first_bad_csv_line(path, delimiter) or str(e).split(";")[0].replace("float64", "a number")
         raise BadInputError(msg, path) from None
     if arr.shape[1] == 1:
         raise BadInputError("one column per row: wrong delimiter?", path)
+    finite = np.all(np.isfinite(arr), axis=1)
+    if not finite.all():
+        raise BadInputError(f"line {_csv_line_of_row(path, int(np.flatnonzero(~finite)[0]))}: NaN or inf", path)
     return arr.astype(np.float32)
+
+
+def _csv_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number from 1, text)`` of the non-blank lines (the rows ``np.loadtxt`` reads)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [(i, ln) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+
+
+def _csv_line_of_row(path: Path, row: int) -> int:
+    """The line (from 1, as in an editor) holding descriptor row ``row`` (from 0)."""
+    return _csv_lines(path)[row][0]
+
+
+def _first_bad_csv_line(path: Path, delimiter: str) -> str | None:
+    """What is wrong with the first malformed line of a descriptor CSV, as ``line N: ...``
+    (N from 1, as in an editor); None when every line parses."""
+    ncols = None
+    for i, ln in _csv_lines(path):
+        fields = ln.split(delimiter) if delimiter.strip() else ln.split()
+        if ncols is None:
+            ncols = len(fields)
+        elif len(fields) != ncols:
+            return f"line {i} does not have {ncols} columns (it has {len(fields)})"
+        for f in fields:
+            try:
+                float(f)
+            except ValueError:
+                return f"line {i}: {f.strip()!r} is not a number"
+    return None
 
 
 def _load_npy(path: Path) -> NDArray[np.float32]:
@@ -92,13 +125,13 @@ def _load_npy(path: Path) -> NDArray[np.float32]:
 def _sequence_files(root: Path, seq: str) -> tuple[list[Path], str]:
     folder = root / seq
     if not folder.is_dir():
-        raise BadInputError(f"missing sequence folder {seq!r}", folder)
+        raise DataMissingError(f"missing sequence folder {seq!r}", folder)
     for ext in (".csv", ".npy"):
         files = [folder / f"{t}{ext}" for t in TYPES]
         if all(f.is_file() for f in files):
             return files, ext
     missing = [f"{t}.csv" for t in TYPES if not (folder / f"{t}.csv").is_file()]
-    raise BadInputError(f"missing descriptor file(s) {', '.join(missing)}", folder)
+    raise DataMissingError(f"missing descriptor file(s) {', '.join(missing)}", folder)
 
 
 def _validate_sequence(seq: str, files: Sequence[Path], arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -146,12 +179,13 @@ def load_descriptors(
     sizes and modification times are unchanged. A read-only tree simply is not cached.
 
     Raises:
-        BadInputError: a missing folder or file, differing row counts within a sequence, a
-            one-column CSV (wrong delimiter), NaN/inf, or mixed dimensions.
+        DataMissingError: a missing folder or file.
+        BadInputError: differing row counts within a sequence, a one-column CSV (wrong
+            delimiter), NaN/inf, or mixed dimensions.
     """
     root = Path(root)
     if not root.is_dir():
-        raise BadInputError("descriptor folder does not exist", root)
+        raise DataMissingError("descriptor folder does not exist", root)
     cache_path = root / CACHE_NAME
     cached: dict[str, np.ndarray] = {}
     fresh: dict[str, tuple[str, np.ndarray]] = {}
@@ -223,10 +257,12 @@ def _write_cache(cache_path: Path, fresh: dict[str, tuple[str, np.ndarray]]) -> 
 def find_splits_file(tasks_dir: str | Path) -> Path:
     """``tasks_dir/splits/splits.json`` or ``tasks_dir/splits.json``."""
     tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        raise DataMissingError("task folder not found", tasks_dir)
     for p in (tasks_dir / "splits" / "splits.json", tasks_dir / "splits.json"):
         if p.is_file():
             return p
-    raise BadInputError("no splits/splits.json or splits.json", tasks_dir)
+    raise DataMissingError("no splits/splits.json or splits.json", tasks_dir)
 
 
 def load_splits(tasks_dir: str | Path) -> dict[str, dict]:
@@ -243,8 +279,33 @@ def load_splits(tasks_dir: str | Path) -> dict[str, dict]:
     return splits
 
 
-def get_split(tasks_dir: str | Path, name: str) -> dict:
-    """One split by name; BadInputError naming the known splits when absent."""
+#: The split evaluated when none is named and the task folder has several (HPatches' first split).
+DEFAULT_SPLIT = "a"
+
+
+def default_split(tasks_dir: str | Path) -> tuple[str, str]:
+    """The split to evaluate when none is named, and why (one phrase, for a log line): the task
+    folder's only split (``descbal make-benchmark`` writes just one, ``full``), else
+    :data:`DEFAULT_SPLIT`.
+
+    Raises:
+        BadInputError: several splits and none of them is :data:`DEFAULT_SPLIT` (listing them).
+    """
+    splits = load_splits(tasks_dir)
+    where = find_splits_file(tasks_dir)
+    if len(splits) == 1:
+        return next(iter(splits)), f"the only split in {where}"
+    if DEFAULT_SPLIT in splits:
+        others = ", ".join(sorted(k for k in splits if k != DEFAULT_SPLIT))
+        return DEFAULT_SPLIT, f"the default; {where} also has {others} (--split)"
+    raise BadInputError(f"several splits ({', '.join(sorted(splits))}): choose one with --split", where)
+
+
+def get_split(tasks_dir: str | Path, name: str | None = None) -> dict:
+    """One split by name (None: :func:`default_split`); BadInputError naming the known splits
+    when absent."""
+    if name is None:
+        name = default_split(tasks_dir)[0]
     splits = load_splits(tasks_dir)
     if name not in splits:
         raise BadInputError(
@@ -284,9 +345,13 @@ class _Columns:
             raise BadInputError(f"cannot read: {e.strerror}", path) from None
         if b"\r" in raw:
             raw = raw.replace(b"\r", b"")
+        # line numbers (from 1, as in an editor) of the header and the data rows kept, for messages
+        self._lines: list[int] | None = None
         lines_blank = raw.startswith(b"\n") or b"\n\n" in raw
         if lines_blank:  # blank lines are skipped, as pandas skips them
-            raw = b"\n".join(ln for ln in raw.split(b"\n") if ln.strip())
+            split = raw.split(b"\n")
+            self._lines = [i for i, ln in enumerate(split, start=1) if ln.strip()]
+            raw = b"\n".join(ln for ln in split if ln.strip())
         if not raw.strip():
             raise BadInputError("empty task file", path)
         if not raw.endswith(b"\n"):
@@ -304,7 +369,8 @@ class _Columns:
         expected[ncols - 1 :: ncols] = True
         if len(seps) != nrows * ncols or not np.array_equal(is_nl, expected):
             bad_line = self._first_irregular_line(raw, ncols)
-            raise BadInputError(f"line {bad_line} does not have {ncols} columns", path)
+            raise BadInputError(f"line {self._editor_line(bad_line - 1) if bad_line else 0} does not have {ncols} columns",
+                                path)
         grid = seps.reshape(nrows, ncols)
         self.buf = buf
         self.nrows = nrows
@@ -317,6 +383,14 @@ class _Columns:
         prev[1:, 0] = grid[:-1, -1] + 1
         self.starts = [prev[:, c] for c in range(ncols)]
         self.ends = [grid[:, c] for c in range(ncols)]
+
+    def _editor_line(self, k: int) -> int:
+        """The file's line number (from 1) of line ``k`` (from 0, the header) of the text parsed."""
+        return k + 1 if self._lines is None else self._lines[k]
+
+    def line(self, row: int) -> int:
+        """The file's line number (from 1, as in an editor) of data row ``row`` (from 0)."""
+        return self._editor_line(row + 1)
 
     @staticmethod
     def _first_irregular_line(raw: bytes, ncols: int) -> int:
@@ -350,7 +424,7 @@ class _Columns:
                 try:
                     out[i] = int(f)
                 except ValueError:
-                    raise BadInputError(f"line {i + 2}: not an integer", self.path) from None
+                    raise BadInputError(f"line {self.line(int(i))}: not an integer", self.path) from None
         return out
 
     def names(self, c: int) -> tuple[NDArray[np.int64], list[bytes]]:
@@ -385,7 +459,7 @@ def _resolve(path: Path, cols: _Columns, name_col: int, idx_col: int, image_col:
     if len(missing):
         b = int(missing[0])
         name = uniq[codes[b]].decode(errors="replace")
-        raise BadInputError(f"line {b + 2}: sequence {name!r} is not in the split's test set", path)
+        raise BadInputError(f"line {cols.line(b)}: sequence {name!r} is not in the split's test set", path)
     ix = cols.ints(idx_col)
     im = cols.ints(image_col) if image_col is not None else np.zeros(len(seq), np.int64)
     n = np.asarray(lengths, dtype=np.int64)[seq]
@@ -393,12 +467,12 @@ def _resolve(path: Path, cols: _Columns, name_col: int, idx_col: int, image_col:
     if len(bad):
         b = int(bad[0])
         raise BadInputError(
-            f"line {b + 2}: patch index {ix[b]} is beyond the {n[b]} patches of "
+            f"line {cols.line(b)}: patch index {ix[b]} is beyond the {n[b]} patches of "
             f"{list(seq_index)[seq[b]]}", path)
     bad = np.flatnonzero((im < 0) | (im > 5))
     if len(bad):
         b = int(bad[0])
-        raise BadInputError(f"line {b + 2}: image id {im[b]} is not in 0..5", path)
+        raise BadInputError(f"line {cols.line(b)}: image id {im[b]} is not in 0..5", path)
     return PatchRefs(seq, im, ix)
 
 

@@ -21,7 +21,7 @@ from descbal.data.hpatches_data import load_hpatches_cache, read_hpatches_sequen
 from descbal.data.hpatches_layout import TYPES
 from descbal.data.patchset import PatchSet
 from descbal.devices import resolve_device
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.brown import BrownResult, evaluate_brown
 from descbal.eval.hpatches import HPatchesResult
 from descbal.eval.hpatches_io import HPatchesDescriptors
@@ -100,16 +100,18 @@ def hpatches_descriptors(model: ModelSpec, source: str | Path, sequences: Sequen
     return describe_hpatches(load_hpatches_patches(source, sequences), fn)
 
 
-def run_hpatches(tasks: str | Path | None, split: str, *, descriptors: str | Path | None = None,
+def run_hpatches(tasks: str | Path | None, split: str | None = None, *, descriptors: str | Path | None = None,
                  model: ModelSpec | None = None, patches: str | Path | None = None, export_csv: str | Path | None = None,
                  task_names: Sequence[str] | None = None, dist: str = "L2", delimiter: str = ",", use_cache: bool = True,
-                 device: str | torch.device = "auto", progress: Progress | None = None) -> HPatchesResult:
+                 device: str | torch.device = "auto", progress: Progress | None = None,
+                 log: Callable[[str], None] | None = None) -> HPatchesResult:
     """``descbal eval hpatches``: the official protocol on a descriptor tree, or on a model's
     descriptors of an HPatches patch cache or release.
 
     Args:
         tasks: the task folder (default with ``patches``: ``tasks/`` beside it).
-        split: the split whose test sequences are evaluated.
+        split: the split whose test sequences are evaluated; None: the task folder's only split,
+            else ``a`` (:func:`~descbal.eval.hpatches_io.default_split`), said in a ``log`` line.
         descriptors: ``DIR/<sequence>/<type>.csv|.npy``; or ``model`` (any model spec) with
             ``patches`` (cache ``.h5`` or release folder), optionally writing ``export_csv``.
         task_names: tasks to run (default all three). dist: ``"L2"`` | ``"L1"``.
@@ -118,14 +120,19 @@ def run_hpatches(tasks: str | Path | None, split: str, *, descriptors: str | Pat
         The :class:`HPatchesResult`, its ``model`` the model's display name.
     """
     from descbal.eval.hpatches import TASKS, evaluate_hpatches
-    from descbal.eval.hpatches_io import get_split, load_descriptors, write_descriptor_tree
+    from descbal.eval.hpatches_io import default_split, get_split, load_descriptors, write_descriptor_tree
 
     if (model is None) == (descriptors is None):
         raise BadInputError("give either --descriptors DIR or --model M (with --patches CACHE.h5)")
+    if patches is not None and not Path(patches).exists():  # before tasks/ beside it is looked for
+        raise DataMissingError("HPatches patches not found (a cache .h5 or a release folder)", patches)
     if tasks is None:
         if patches is None:
             raise BadInputError("--tasks DIR is required")
         tasks = Path(patches).parent / "tasks"
+    why = None
+    if split is None:
+        split, why = default_split(tasks)
     spl = get_split(tasks, split)
     name = None
     if model is not None:
@@ -139,6 +146,8 @@ def run_hpatches(tasks: str | Path | None, split: str, *, descriptors: str | Pat
     else:
         assert descriptors is not None
         desc = load_descriptors(descriptors, spl["test"], delimiter=delimiter, use_cache=use_cache)
+    if why is not None and log is not None:  # said once the inputs are read: an input error stays one line
+        log(f"split {split}: {why}")
     result = evaluate_hpatches(desc, tasks, split, list(task_names or TASKS), dist, progress=progress)
     result.model = name
     return result

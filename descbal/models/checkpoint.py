@@ -12,6 +12,7 @@ prefixes).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign or damaged files
-        raise BadInputError(f"not a readable PyTorch weights file ({type(e).__name__}: {str(e)[:120]})", path) from None
+        raise BadInputError(_load_failure(e), path) from None
     if not isinstance(obj, Mapping):
         raise BadInputError(f"expected a state dict or checkpoint dictionary, got {type(obj).__name__}", path)
     return dict(obj)
+
+
+# the pickled global that torch's weights-only unpickler refused, as its messages name it
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_failure(e: Exception) -> str:
+    """One line for a file that ``torch.load(weights_only=True)`` refused.
+
+    torch's own message is a paragraph about the ``weights_only`` default; what the user needs is
+    whether the file is no checkpoint at all, or one holding pickled Python objects (which are
+    never unpickled here: that would run their code)."""
+    refused = _REFUSED_GLOBAL.search(str(e))
+    if refused is not None:
+        return (f"not a weights file: it holds pickled Python objects ({refused.group(1)}), which descbal never "
+                "unpickles; save model.state_dict() instead")
+    return "not a PyTorch checkpoint (or not a weights file)"
 
 
 def _unwrap(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from descbal.errors import BadInputError
+from descbal.registry import Registry
 from descbal.train.augment import AugmentConfig
 from descbal.train.optim import OptimConfig, ScheduleConfig
 
@@ -112,3 +114,80 @@ class RunConfig:
         "anneal": "the [anneal] table became a phase: [phases.anneal] with cycles = {...} (see 'descbal train "
                   "--show-recipe self-tnet'); e.g. --set phases.anneal.enabled=false, --set phases.anneal.cycles.iters=N",
     }
+
+    def __post_init__(self) -> None:
+        check_run_config(self)
+
+
+# The values a run can use, per table: ``(">=", bound)`` or ``(">", bound)``. A value outside
+# would fail late (an empty sampler, a log that never writes) or silently (a skipped phase).
+_LOOP_SHAPE = {"epochs": (">=", 0), "iters_per_epoch": (">=", 1), "classes_per_batch": (">=", 2), "npos": (">=", 2)}
+RANGES: dict[str, dict[str, tuple[str, float]]] = {
+    "data": {"val_pairs": (">=", 0)},
+    "loop": {"seed": (">=", 0), **_LOOP_SHAPE, "log_every": (">=", 1)},
+    "phase": _LOOP_SHAPE,
+    "schedule": {"lr_max": (">", 0), "div": (">", 0), "div_final": (">", 0)},
+    "optim": {"eps": (">", 0), "weight_decay": (">=", 0)},
+    "cycles": {"start_batch": (">=", 2), "min_batch": (">=", 2), "step": (">=", 1), "lr": (">", 0),
+               "lr_factor": (">", 0), "iters": (">=", 1)},
+    "augment": {"pad": (">=", 0), "out_size": (">=", 1)},
+}
+
+
+def _check_ranges(table: object, kind: str, key: str) -> None:
+    for f in fields(table):  # type: ignore[arg-type]
+        rule = RANGES[kind].get(f.name)
+        v = getattr(table, f.name)
+        if rule is None or v is None:
+            continue
+        op, bound = rule
+        if not (v >= bound if op == ">=" else v > bound):
+            raise BadInputError(f"config: {key}.{f.name} must be {op} {bound:g}, got {v!r}")
+
+
+def _check_params(registry: Registry, name: str, params: dict[str, Any], name_key: str, params_key: str) -> None:
+    """``name`` is registered and takes every key of ``params`` (its constructor's signature)."""
+    if name not in registry:
+        raise BadInputError(f"config: {name_key}: unknown {registry.kind} {name!r}; choose from "
+                            f"{', '.join(sorted(registry))}")
+    known = registry.parameters(name)
+    unknown = [k for k in params if known is not None and k not in known]
+    if unknown:
+        raise BadInputError(f"config: {params_key}.{unknown[0]}: {registry.kind} {name!r} has no parameter "
+                            f"{unknown[0]!r} (its parameters: {', '.join(known or []) or 'none'})")
+
+
+def _check_loss(loss: LossConfig, key: str) -> None:
+    from descbal.losses.registry import LOSSES, MINERS, REDUCERS
+
+    _check_params(LOSSES, loss.name, loss.params, f"{key}.name", f"{key}.params")
+    default = LOSSES[loss.name]
+    if loss.miner or loss.miner_params:  # as build_pipeline builds them
+        _check_params(MINERS, loss.miner or default.default_miner, loss.miner_params, f"{key}.miner",
+                      f"{key}.miner_params")
+    if loss.reducer:
+        _check_params(REDUCERS, loss.reducer, loss.reducer_params, f"{key}.reducer", f"{key}.reducer_params")
+    elif loss.reducer_params:
+        raise BadInputError(f"config: {key}.reducer_params need {key}.reducer (the loss's own reducer is built "
+                            f"from {key}.params)")
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Every value of ``cfg`` in range and every loss, miner, reducer and model name known with
+    the parameters given, or BadInputError naming the key (e.g. ``loss.params.tacher``, with
+    the parameters the loss has). Run on every :class:`RunConfig` built."""
+    from descbal.models import MODELS
+
+    for kind in ("data", "loop", "schedule", "optim", "augment"):
+        _check_ranges(getattr(cfg, kind), kind, kind)
+    _check_params(MODELS, cfg.model.name, cfg.model.params, "model.name", "model.params")
+    _check_loss(cfg.loss, "loss")
+    for name, ph in cfg.phases.items():
+        key = f"phases.{name}"
+        _check_ranges(ph, "phase", key)
+        if ph.schedule is not None:
+            _check_ranges(ph.schedule, "schedule", f"{key}.schedule")
+        if ph.cycles is not None:
+            _check_ranges(ph.cycles, "cycles", f"{key}.cycles")
+        if ph.loss is not None:
+            _check_loss(ph.loss, f"{key}.loss")

@@ -36,7 +36,7 @@ import descbal
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import PatchSet, load_patchset
 from descbal.devices import resolve_device
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
 from descbal.models import build_model
@@ -349,8 +349,10 @@ def resume_run(run_dir: str | Path) -> Trainer:
     """A trainer restored from ``run_dir/checkpoints/last.pt`` with the run's own config."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "last.pt"
+    if not run_dir.is_dir():
+        raise DataMissingError("run folder not found", run_dir)
     if not ckpt.is_file():
-        raise BadInputError("no checkpoints/last.pt to resume from", run_dir)
+        raise DataMissingError("no checkpoints/last.pt to resume from", run_dir)
     cfg = load_config(RunConfig, run_dir / "config.toml")
     train = load_patchset(cfg.data.train)
     val = load_patchset(cfg.data.val) if cfg.data.val else None
@@ -361,16 +363,16 @@ def resume_run(run_dir: str | Path) -> Trainer:
 
 def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
              config: str | Path | None = None, overrides: Sequence[str] = (), data: str | Path | None = None,
-             val: str | Path | None = None) -> Trainer:
+             val: str | Path | None = None, seed: int | None = None, device: str | None = None) -> Trainer:
     """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
-    or started in ``out`` from the config resolved as recipe < config < overrides < data/val
-    (:func:`descbal.run_config.resolve_run_config`)."""
+    or started in ``out`` from the config resolved as recipe < config < overrides <
+    data/val/seed/device (:func:`descbal.run_config.resolve_run_config`)."""
     from descbal.run_config import resolve_run_config
 
     if resume is not None:
-        if config or recipe or overrides or data or val:
+        if config or recipe or overrides or data or val or seed is not None or device is not None:
             raise BadInputError("--resume continues a run with its own config; drop the other options")
         return resume_run(resume)
     if out is None:
         raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    return start_run(resolve_run_config(recipe, config, overrides, data, val), out)
+    return start_run(resolve_run_config(recipe, config, overrides, data, val, seed, device), out)
