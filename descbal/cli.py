@@ -418,7 +418,9 @@ def train_cmd(
     recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe (see --list-recipes).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Training cache (.h5 with patches, labels).")] = None,
-    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch.")] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch "
+                                             "(default: the training pool's held-out pairs, when it has them).")] = None,
+    no_val: Annotated[bool, typer.Option("--no-val", help="No validation (data.val = \"none\").")] = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the shipped recipes and exit.")] = False,
     show_recipe: Annotated[str | None, typer.Option("--show-recipe", help="Print a recipe's TOML (to copy) and exit.")]
@@ -439,7 +441,8 @@ def train_cmd(
     if show_recipe is not None:
         typer.echo(recipe_text(show_recipe), nl=False)
         return
-    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val)
+    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val,
+                       no_val=no_val)
     show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
         with progress_reporter(quiet) as progress:
