@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.eval.brown import BrownResult
     from descbal.eval.hpatches import HPatchesResult
     from descbal.eval.sequences import SequencesResult
+    from descbal.eval.stereo import StereoResult
     from descbal.extract.pipeline import ExtractResult
     from descbal.match import MatchResult
     from descbal.quickstart import QuickstartResult
@@ -124,6 +125,22 @@ def sequences_report(result: SequencesResult, plot: Path | None = None) -> list[
     if plot is not None:
         lines.append(f"plot written to {plot}")
     return lines
+
+
+def stereo_report(result: StereoResult) -> list[Renderable]:
+    """``descbal eval stereo``: MMA at 1/3/5/10 px (fractions), features and matches per model,
+    and the correctness rule in one line."""
+    w, h = result.image_size
+    t = Table(title=f"Stereo pair {result.pair} ({w}x{h}, {100 * result.valid_disparity:.0f} % of pixels with "
+                    f"disparity; detector {result.detector})")
+    for col in ("model", "MMA@1", "MMA@3", "MMA@5", "MMA@10", "matches", "features L (valid)", "features R"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for i, m in enumerate(result.models):
+        n = m["num_features"]
+        t.add_row(m["name"], *(f"{result.mma_at(i, th):.3f}" for th in (1, 3, 5, 10)), str(m["num_matches"]),
+                  f"{n['left']} ({n['left_valid']})", str(n["right"]))
+    return [t, f"correct: the right keypoint within t px of (x_l - d, y_l), d the disparity at the left keypoint "
+               f"({result.disparity_sampling} pixel); left keypoints without valid disparity are left out"]
 
 
 # ------------------------------------------------------------------------------ extract, match
