@@ -513,21 +513,27 @@ def make_benchmark_cmd(
 @app.command("quickstart")
 @handle_errors
 def quickstart_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Working folder (pool, run/model.pt, benchmark).")] = Path(
-        "descbal-quickstart"),
+    out: Annotated[Path, typer.Option("--out", help="Working folder (pool, run/ with model.pt, benchmark); a rerun "
+                                      "skips what is done.")] = Path("descbal-quickstart"),
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Shrink every stage (a smoke test, under a minute).")] = False,
     json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """No download, a few minutes on a CPU: self-supervised pool from photos shipped with
     scikit-image, Self-TNet small training, a benchmark from held-out photos, and a comparison
-    of the trained model, the untrained network and SIFT."""
-    from descbal.console import emit_json, progress_reporter, show
+    of the trained model, the untrained network and SIFT (also on a real stereo pair). A rerun
+    skips finished stages and resumes an interrupted training run."""
+    from descbal.console import emit_json, progress_reporter, show, stderr
     from descbal.quickstart import run_quickstart
     from descbal.report import quickstart_report
 
-    with progress_reporter(quiet) as progress:
-        result = run_quickstart(out, seed=seed, quick=quick, progress=progress, log=lambda line: show([line], quiet))
+    try:
+        with progress_reporter(quiet) as progress:
+            result = run_quickstart(out, seed=seed, quick=quick, progress=progress,
+                                    log=lambda line: show([line], quiet))
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted; the same command continues where it stopped (--out {out})")
+        raise typer.Exit(130) from None
     show(quickstart_report(result), quiet)
     emit_json(result.to_json(), json_out)
 

@@ -229,12 +229,23 @@ def train_report(summary: TrainSummary) -> list[Renderable]:
 
 
 def quickstart_report(result: QuickstartResult) -> list[Renderable]:
-    """``descbal quickstart``: the comparison table (%) and how to use the trained model."""
-    t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)")
-    for col in ("descriptor", "verification", "matching", "retrieval", "pool FPR95"):
+    """``descbal quickstart``: the comparison table (%; the synthetic benchmark and, where
+    evaluated, the real Motorcycle stereo pair) and how to use the trained model."""
+    stereo = any(r.get("stereo_mma3") is not None for r in result.rows)
+    t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)"
+                    + (" and a real stereo pair (Middlebury Motorcycle)" if stereo else ""))
+    cols = ["descriptor", "verification", "matching", "retrieval", "pool FPR95"]
+    for col in cols + (["stereo MMA@3", "stereo matches"] if stereo else []):
         t.add_column(col, justify="right")
     for r in result.rows:
         fpr = "-" if r["fpr95"] is None else f"{100 * r['fpr95']:.2f}"
-        t.add_row(r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
-                  f"{100 * r['retrieval']:.2f}", fpr)
-    return [t, f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')"]
+        cells = [r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
+                 f"{100 * r['retrieval']:.2f}", fpr]
+        if stereo:
+            cells += [f"{100 * r['stereo_mma3']:.2f}", str(r["stereo_matches"])]
+        t.add_row(*cells)
+    lines: list[Renderable] = [t]
+    if result.stages:
+        lines.append("stages: " + ", ".join(f"{k} {v}" for k, v in result.stages.items()))
+    lines.append(f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')")
+    return lines

@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from descbal.cli import app
 from descbal.detectors import DETECTORS, DetectorEntry, Keypoints
 from descbal.errors import BadInputError, DataMissingError
-from descbal.eval.stereo import (disparity_at, evaluate_stereo, open_stereo_pair, read_disparity, stereo_errors,
-                                 valid_disparity)
+from descbal.eval.stereo import disparity_at, evaluate_stereo, open_stereo_pair, read_disparity, stereo_errors, valid_disparity
 
 runner = CliRunner()
 SHIFT = 8  # the synthetic pair's true disparity everywhere
