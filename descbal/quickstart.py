@@ -95,8 +95,12 @@ def _copy_photos(data: Path, photos: Path) -> None:
     fingerprint holds on a rerun) and nothing else there."""
     photos.mkdir(parents=True, exist_ok=True)
     for f in photos.iterdir():
-        if f.name not in TRAIN_PHOTOS:
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        if f.name in TRAIN_PHOTOS:
+            continue
+        if f.is_dir():
+            shutil.rmtree(f)
+        else:
+            f.unlink()
     for name in TRAIN_PHOTOS:
         src, dst = data / name, photos / name
         if src.is_file() and not (dst.is_file() and dst.stat().st_size == src.stat().st_size
