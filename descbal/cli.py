@@ -65,7 +65,8 @@ app = App(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-eval_app = App(help="Evaluate descriptors: HPatches (official protocol) and Brown FPR95.", no_args_is_help=True)
+eval_app = App(help="Evaluate descriptors: HPatches (official protocol), Brown FPR95, image matching on sequences and "
+                    "stereo pairs.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -484,7 +485,9 @@ def train_cmd(
     recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe (see --list-recipes).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Training cache (.h5 with patches, labels).")] = None,
-    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch.")] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch "
+                                             "(default: the training pool's held-out pairs, when it has them).")] = None,
+    no_val: Annotated[bool, typer.Option("--no-val", help="No validation (data.val = \"none\").")] = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder exactly.")] = None,
     seed: Annotated[int | None, seed_option("Seed of the run (loop.seed; after --set).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda "
@@ -509,7 +512,7 @@ def train_cmd(
         typer.echo(recipe_text(show_recipe), nl=False)
         return
     trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val,
-                       seed=seed, device=device)
+                       seed=seed, device=device, no_val=no_val)
     show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
         with progress_reporter(quiet) as progress:
@@ -585,20 +588,27 @@ def make_benchmark_cmd(
 @app.command("quickstart")
 @handle_errors
 def quickstart_cmd(
-    out: Annotated[Path, out_option("Working folder (pool, run/model.pt, benchmark).")] = Path("descbal-quickstart"),
+    out: Annotated[Path, out_option("Working folder (pool, run/ with model.pt, benchmark); a rerun skips what is "
+                                    "done.")] = Path("descbal-quickstart"),
     seed: Annotated[int, seed_option()] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Shrink every stage (a smoke test, under a minute).")] = False,
     json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """No download, a few minutes on a CPU: self-supervised pool from photos shipped with
     scikit-image, Self-TNet small training, a benchmark from held-out photos, and a comparison
-    of the trained model, the untrained network and SIFT."""
-    from descbal.console import emit_json, progress_reporter, show
+    of the trained model, the untrained network and SIFT (also on a real stereo pair). A rerun
+    skips finished stages and resumes an interrupted training run."""
+    from descbal.console import emit_json, progress_reporter, show, stderr
     from descbal.quickstart import run_quickstart
     from descbal.report import quickstart_report
 
-    with progress_reporter(quiet) as progress:
-        result = run_quickstart(out, seed=seed, quick=quick, progress=progress, log=lambda line: show([line], quiet))
+    try:
+        with progress_reporter(quiet) as progress:
+            result = run_quickstart(out, seed=seed, quick=quick, progress=progress,
+                                    log=lambda line: show([line], quiet))
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted; the same command continues where it stopped (--out {out})")
+        raise typer.Exit(130) from None
     show(quickstart_report(result), quiet)
     emit_json(result.to_json(), json_out)
 
@@ -666,6 +676,48 @@ def eval_sequences_cmd(
     if plot is not None:
         plot_mma(result, plot)
     show(sequences_report(result, plot), quiet)
+    emit_json(result.to_json(), json_out)
+
+
+@eval_app.command("stereo")
+@handle_errors
+def eval_stereo_cmd(
+    left: Annotated[Path | None, typer.Argument(help="Left image of a rectified pair.", show_default=False)] = None,
+    right: Annotated[Path | None, typer.Argument(help="Right image.", show_default=False)] = None,
+    disparity: Annotated[Path | None, typer.Argument(
+        help="Left disparity map (x_r = x_l - d): .npy, .npz, .pfm, or .png/.tif (see --disparity-scale); "
+             "not finite or <= 0 where unknown.", show_default=False)] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help=MODEL_HELP + " Repeatable.")] = None,
+    builtin: Annotated[str | None, typer.Option("--builtin", help="A built-in pair instead of the files: motorcycle "
+                                                "(Middlebury 2014, shipped with scikit-image).")] = None,
+    disparity_scale: Annotated[float, typer.Option("--disparity-scale", help="Disparity = stored value / this "
+                                                   "(KITTI PNGs: 256).")] = 1.0,
+    detector: DetectorOpt = "sift",
+    max_keypoints: MaxKpOpt = 2048,
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test.")] = None,
+    mag: MagOpt = 5.0,
+    size_kind: SizeKindOpt = SizeKind.diameter,
+    angle_unit: AngleUnitOpt = AngleUnit.deg,
+    angle_sign: AngleSignOpt = 1.0,
+    pixel_origin: PixelOriginOpt = PixelOrigin.center,
+    upright: UprightOpt = False,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Matching on a rectified stereo pair with ground-truth disparity: MMA at 1..10 px (a match
+    is correct when the right keypoint lies within t px of the left one shifted by its
+    disparity), matches and features per model."""
+    from descbal.console import emit_json, progress_reporter, show
+    from descbal.eval.stereo import run_stereo
+    from descbal.report import stereo_report
+
+    geometry = _geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright)
+    with progress_reporter(quiet) as progress:
+        result = run_stereo(left, right, disparity, model or (), builtin=builtin, disparity_scale=disparity_scale,
+                            detector=detector, max_keypoints=max_keypoints, geometry=geometry, ratio=ratio,
+                            device=device, progress=progress)
+    show(stereo_report(result), quiet)
     emit_json(result.to_json(), json_out)
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.eval.brown import BrownResult
     from descbal.eval.hpatches import HPatchesResult
     from descbal.eval.sequences import SequencesResult
+    from descbal.eval.stereo import StereoResult
     from descbal.extract.pipeline import ExtractResult
     from descbal.match import MatchResult
     from descbal.quickstart import QuickstartResult
@@ -129,6 +130,22 @@ def sequences_report(result: SequencesResult, plot: Path | None = None) -> list[
     return lines
 
 
+def stereo_report(result: StereoResult) -> list[Renderable]:
+    """``descbal eval stereo``: MMA at 1/3/5/10 px (fractions), features and matches per model,
+    and the correctness rule in one line."""
+    w, h = result.image_size
+    t = Table(title=f"Stereo pair {result.pair} ({w}x{h}, {100 * result.valid_disparity:.0f} % of pixels with "
+                    f"disparity; detector {result.detector})")
+    for col in ("model", "MMA@1", "MMA@3", "MMA@5", "MMA@10", "matches", "features L (valid)", "features R"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for i, m in enumerate(result.models):
+        n = m["num_features"]
+        t.add_row(m["name"], *(f"{result.mma_at(i, th):.3f}" for th in (1, 3, 5, 10)), str(m["num_matches"]),
+                  f"{n['left']} ({n['left_valid']})", str(n["right"]))
+    return [t, f"correct: the right keypoint within t px of (x_l - d, y_l), d the disparity at the left keypoint "
+               f"({result.disparity_sampling} pixel); left keypoints without valid disparity are left out"]
+
+
 # ------------------------------------------------------------------------------ extract, match
 
 
@@ -227,12 +244,23 @@ def train_report(summary: TrainSummary) -> list[Renderable]:
 
 
 def quickstart_report(result: QuickstartResult) -> list[Renderable]:
-    """``descbal quickstart``: the comparison table (%) and how to use the trained model."""
-    t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)")
-    for col in ("descriptor", "verification", "matching", "retrieval", "pool FPR95"):
+    """``descbal quickstart``: the comparison table (%; the synthetic benchmark and, where
+    evaluated, the real Motorcycle stereo pair) and how to use the trained model."""
+    stereo = any(r.get("stereo_mma3") is not None for r in result.rows)
+    t = Table(title="Quickstart: held-out synthetic benchmark (HPatches protocol, %)"
+                    + (" and a real stereo pair (Middlebury Motorcycle)" if stereo else ""))
+    cols = ["descriptor", "verification", "matching", "retrieval", "pool FPR95"]
+    for col in cols + (["stereo MMA@3", "stereo matches"] if stereo else []):
         t.add_column(col, justify="right")
     for r in result.rows:
         fpr = "-" if r["fpr95"] is None else f"{100 * r['fpr95']:.2f}"
-        t.add_row(r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
-                  f"{100 * r['retrieval']:.2f}", fpr)
-    return [t, f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')"]
+        cells = [r["descriptor"], f"{100 * r['verification']:.2f}", f"{100 * r['matching']:.2f}",
+                 f"{100 * r['retrieval']:.2f}", fpr]
+        if stereo:
+            cells += [f"{100 * r['stereo_mma3']:.2f}", str(r["stereo_matches"])]
+        t.add_row(*cells)
+    lines: list[Renderable] = [t]
+    if result.stages:
+        lines.append("stages: " + ", ".join(f"{k} {v}" for k, v in result.stages.items()))
+    lines.append(f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')")
+    return lines

@@ -160,8 +160,18 @@ def test_missing_or_absent_data(sets: tuple[Path, Path], tmp_path: Path) -> None
     one_line_error(run("train", "--recipe", "nope", "--data", sets[0], "--out", tmp_path / "c"), 2, "triplet")
 
 
+def test_no_val(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    res = run("train", "--recipe", "triplet", "--data", sets[0], "--no-val", *SMALL, "--out", tmp_path / "r", "--json", "-")
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert [r["val_fpr95"] for r in json.loads(res.stdout)["validation"]] == [None]
+    assert 'validation: off' in res.stderr and 'val = "none"' in (tmp_path / "r" / "config.toml").read_text()
+    one_line_error(run("train", "--recipe", "triplet", "--data", sets[0], "--val", sets[1], "--no-val", *SMALL,
+                       "--out", tmp_path / "s"), 2, "--no-val")
+
+
 def test_resume_errors(trained: tuple[Path, dict], tmp_path: Path) -> None:
     one_line_error(run("train", "--resume", trained[0], "--set", "loop.epochs=3"), 2, "--resume")
+    one_line_error(run("train", "--resume", trained[0], "--no-val"), 2, "--resume")
     one_line_error(run("train", "--resume", tmp_path), 3, "last.pt")
 
 

@@ -85,11 +85,103 @@ def test_synthetic_sequence_homographies_are_exact(tmp_path: Path) -> None:
     assert c > 0.9
 
 
-def test_quickstart_quick(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["quickstart", "--quick", "--out", str(tmp_path / "qs"), "-q", "--json", "-"])
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted ``quickstart --quick`` and its JSON document."""
+    out = tmp_path_factory.mktemp("qs") / "qs"
+    res = runner.invoke(app, ["quickstart", "--quick", "--out", str(out), "-q", "--json", "-"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    return out, json.loads(res.stdout)
+
+
+def test_quickstart_quick(quickstart: tuple[Path, dict]) -> None:
+    out, doc = quickstart
     assert [r["descriptor"] for r in doc["rows"]] == ["Self-TNet small (trained)", "HyNet untrained", "SIFT"]
     assert Path(doc["model"]).is_file()
     for r in doc["rows"]:
         assert 0 < r["matching"] <= 1 and 0 < r["verification"] <= 1
+        # the real-data row: the Motorcycle stereo pair, the same numbers as the stereo document
+        assert 0 < r["stereo_mma3"] <= 1 and r["stereo_matches"] > 0
+    st = doc["stereo"]
+    assert st["pair"] == "motorcycle" and [m["name"] for m in st["models"]] == [r["descriptor"] for r in doc["rows"]]
+    assert [m["mma"][2] for m in st["models"]] == [r["stereo_mma3"] for r in doc["rows"]]
+    assert doc["stages"] == {"pool": "done", "training": "done", "benchmark": "done", "evaluation": "done"}
+    # the stereo pair is held out: neither of its photos is trained on
+    assert not [p for p in (out / "photos").iterdir() if p.name.startswith("motorcycle")]
+
+
+def test_quickstart_run_folder_is_a_train_run(quickstart: tuple[Path, dict]) -> None:
+    from descbal.config import load_config
+    from descbal.train.config import RunConfig
+
+    run = quickstart[0] / "run"
+    assert {"config.toml", "environment.json", "metrics.jsonl", "checkpoints", "model.pt"} <= {p.name for p in
+                                                                                             run.iterdir()}
+    cfg = load_config(RunConfig, run / "config.toml")
+    assert Path(cfg.data.train) == (quickstart[0] / "pool.h5").resolve()  # absolute: resumable from anywhere
+    res = runner.invoke(app, ["train", "--resume", str(run), "-q", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["model"] == str(run / "model.pt")
+    # the pool's held-out pairs validated every epoch (main + 2 annealing cycles)
+    vals = [json.loads(x)["val_fpr95"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_fpr95" in x]
+    assert len(vals) == 3 and all(0 <= v <= 1 for v in vals)
+
+
+def test_quickstart_rerun_skips_finished_stages(quickstart: tuple[Path, dict]) -> None:
+    out, doc = quickstart
+    before = (out / "run" / "model.pt").stat().st_mtime_ns, (out / "pool.h5").stat().st_mtime_ns
+    res = runner.invoke(app, ["quickstart", "--quick", "--out", str(out), "--json", "-"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["stages"] == dict.fromkeys(("pool", "training", "benchmark", "evaluation"), "up to date")
+    assert again["rows"] == doc["rows"] and again["stereo"] == doc["stereo"]
+    assert ((out / "run" / "model.pt").stat().st_mtime_ns, (out / "pool.h5").stat().st_mtime_ns) == before
+    assert "up to date" in res.stderr
+    # other options on the same folder: refused before any work, naming what differs
+    res = runner.invoke(app, ["quickstart", "--quick", "--seed", "1", "--out", str(out)])
+    assert res.exit_code == 2 and "loop.seed" in res.stderr and "Traceback" not in res.output
+    assert (out / "pool.h5").stat().st_mtime_ns == before[1]
+
+
+def test_interrupted_quickstart_resumes_its_training(quickstart: tuple[Path, dict], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+
+    from descbal.models.checkpoint import read_checkpoint
+    from descbal.quickstart import run_quickstart
+    from descbal.train.trainer import Trainer
+
+    out = tmp_path / "qs"
+    out.mkdir()
+    # the same photos (modification times kept) and pool: that stage is up to date here
+    shutil.copytree(quickstart[0] / "photos", out / "photos")
+    shutil.copy2(quickstart[0] / "pool.h5", out / "pool.h5")
+    fit = Trainer.fit
+
+    def interrupted(self: Trainer, progress=None, stop_after=None, log=None):  # type: ignore[no-untyped-def]
+        fit(self, progress, stop_after=3, log=log)  # writes checkpoints/last.pt, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_quickstart(out, quick=True)
+    assert (out / "run" / "checkpoints" / "last.pt").is_file() and not (out / "run" / "model.pt").exists()
+    monkeypatch.setattr(Trainer, "fit", fit)
+    res = run_quickstart(out, quick=True)
+    assert res.stages == {"pool": "up to date", "training": "resumed", "benchmark": "done", "evaluation": "done"}
+    # resumed exactly: the same weights and numbers as the uninterrupted quickstart
+    a = read_checkpoint(out / "run" / "model.pt")["state_dict"]
+    b = read_checkpoint(quickstart[0] / "run" / "model.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.to_json()["rows"] == quickstart[1]["rows"]
+
+
+def test_quickstart_default_folder_is_ignored_by_git() -> None:
+    from descbal.quickstart import DEFAULT_OUT
+
+    root = Path(__file__).resolve().parents[1]
+    assert f"{DEFAULT_OUT}/" in (root / ".gitignore").read_text().splitlines()
+    res = runner.invoke(app, ["quickstart", "--help"])
+    assert f"[default: {DEFAULT_OUT}]" in res.output

@@ -16,7 +16,7 @@ from train_fixtures import make_patchset, one_torch_thread, tiny_config, write_s
 
 import descbal
 from descbal.config import load_config
-from descbal.data.patchset import write_patchset
+from descbal.data.patchset import PatchSet, load_patchset, write_patchset
 from descbal.errors import BadInputError, DataMissingError
 from descbal.models import load
 from descbal.models.checkpoint import read_checkpoint
@@ -193,6 +193,7 @@ def test_log_lines_per_phase_and_validation(cfg: RunConfig, reference, tmp_path:
     trainer.fit(log=lines.append)
     fprs = [r["val_fpr95"] for r in reference[1].validation]
     assert lines == [
+        f"validation: FPR95 each epoch on {cfg.data.val} (40 pairs)",
         "phase main: 6 steps (2 x 3) of 8 classes x 3 patches; loss triplet, miner hardest, reducer mean, lr_max 0.003",
         f"phase main epoch 1: validation FPR95 {100 * fprs[0]:.2f} %",
         f"phase main epoch 2: validation FPR95 {100 * fprs[1]:.2f} %",
@@ -205,6 +206,65 @@ def test_validation_pairs_limit(cfg: RunConfig, sets: tuple[Path, Path], tmp_pat
     fpr = trainer.validate()
     assert fpr is not None and 0 <= fpr <= 1
     assert start_run(replace(cfg, data=replace(cfg.data, val="")), tmp_path / "noval").validate() is None
+
+
+def pool_with_holdout() -> PatchSet:
+    """A pool like ``cache images`` writes: 50 trainable classes x 3 patches, then 20 held-out
+    classes x 2 patches (``holdout``) carrying all 40 ``pairs``."""
+    train = make_patchset(0, 50, 3, name="pool")
+    held = make_patchset(1000, 20, 2, num_pairs=40)
+    n = len(train.labels)
+    return PatchSet(np.concatenate([train.patches, held.patches]), np.concatenate([train.labels, held.labels + 1000]),
+                    held.pairs + [n, n, 0], "pool", np.r_[np.zeros(n, bool), np.ones(len(held.labels), bool)])
+
+
+def test_validates_on_the_pools_held_out_pairs_by_default(cfg: RunConfig, tmp_path: Path) -> None:
+    pool = pool_with_holdout()
+    write_patchset(tmp_path / "pool.h5", pool)
+    c = replace(cfg, data=replace(cfg.data, train=str(tmp_path / "pool.h5"), val=""))
+    trainer = start_run(c, tmp_path / "run")
+    assert trainer.val_set is not None and trainer.val_set.name == "pool"
+    # nothing trains on held-out patches: no batch of the run draws one
+    held = trainer.train_set.holdout
+    assert held is not None and held.sum() == 40
+    for e in range(c.loop.epochs):
+        for i in range(c.loop.iters_per_epoch):
+            assert not held[trainer.sampler.batch(e, i).indices].any()
+    lines: list[str] = []
+    summary = trainer.fit(log=lines.append)
+    assert lines[0] == ("validation: FPR95 each epoch on the training set's 40 held-out pairs (40 held-out patches, "
+                        "never trained on); --no-val to skip")
+    fprs = [r["val_fpr95"] for r in summary.validation]
+    assert len(fprs) == 2 and all(0.0 <= f <= 1.0 for f in fprs)
+    # the same number as evaluating the final model on the pool's pairs
+    from descbal.eval.model_eval import evaluate_brown_model
+
+    assert fprs[-1] == evaluate_brown_model(trainer.model, load_patchset(tmp_path / "pool.h5")).fpr95
+    # resumed runs validate the same way
+    assert resume_run(tmp_path / "run").val_set is not None
+
+
+def test_no_val_and_sets_without_held_out_pairs(cfg: RunConfig, sets: tuple[Path, Path], tmp_path: Path) -> None:
+    write_patchset(tmp_path / "pool.h5", pool_with_holdout())
+    off = replace(cfg, data=replace(cfg.data, train=str(tmp_path / "pool.h5"), val="none"))
+    trainer = start_run(off, tmp_path / "off")
+    lines: list[str] = []
+    summary = trainer.fit(log=lines.append)
+    assert trainer.val_set is None and trainer.validate() is None
+    assert lines[0] == 'validation: off (--no-val / data.val = "none")'
+    assert [r["val_fpr95"] for r in summary.validation] == [None, None]
+    # pairs among training patches (a Brown set) are not held out: no default validation
+    brown = make_patchset(0, 30, 3, name="brown", num_pairs=20)
+    write_patchset(tmp_path / "brown.h5", brown)
+    t = start_run(replace(cfg, data=replace(cfg.data, train=str(tmp_path / "brown.h5"), val="")), tmp_path / "b")
+    assert t.val_set is None
+    assert t.val_note == "validation: none (the training set has no held-out pairs; give --val SET.h5)"
+    # the config key is the same through the resolver, and --val contradicts --no-val
+    from descbal.run_config import resolve_run_config
+
+    assert resolve_run_config(no_val=True).data.val == "none"
+    with pytest.raises(BadInputError, match="--no-val"):
+        resolve_run_config(val=sets[1], no_val=True)
 
 
 def test_start_run_refuses_an_existing_run(cfg: RunConfig, reference, tmp_path: Path) -> None:

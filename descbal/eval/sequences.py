@@ -100,6 +100,13 @@ def estimate_homography(kp1: NDArray, kpk: NDArray, matches: NDArray[np.int32]) 
     return None if h is None else h.astype(np.float64)
 
 
+def mma_curve(errors: NDArray[np.floating], thresholds: Sequence[float] = THRESHOLDS) -> list[float]:
+    """Fraction of matches whose error is at most each threshold (0 without matches).
+    Shape: (M,) pixel errors -> one fraction per threshold."""
+    errors = np.asarray(errors)
+    return [float(np.mean(errors <= t)) if len(errors) else 0.0 for t in thresholds]
+
+
 def _split_of(name: str) -> str | None:
     return "illumination" if name.startswith("i_") else "viewpoint" if name.startswith("v_") else None
 
@@ -117,7 +124,7 @@ def summarise(pairs: list[dict[str, Any]], num_features: list[int]) -> dict[str,
             out["num_matches"][split] = None
             out["homography_accuracy"][split] = None
             continue
-        acc = [[float(np.mean(p["errors"] <= t)) if len(p["errors"]) else 0.0 for t in THRESHOLDS] for p in sel]
+        acc = [mma_curve(p["errors"]) for p in sel]
         out["mma"][split] = np.mean(np.array(acc), axis=0).tolist()
         out["num_matches"][split] = float(np.mean([p["num_matches"] for p in sel]))
         ce = np.array([p["corner_error"] for p in sel])
@@ -201,7 +208,7 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
                 progress("pairs", done, total)
         res = {"name": label, "provenance": ext.provenance, **summarise(pairs, n_feats)}
         res["pairs"] = [{"sequence": p["sequence"], "k": p["k"], "num_matches": p["num_matches"],
-                         "mma": [float(np.mean(p["errors"] <= t)) if len(p["errors"]) else 0.0 for t in THRESHOLDS],
+                         "mma": mma_curve(p["errors"]),
                          "corner_error": p["corner_error"] if np.isfinite(p["corner_error"]) else None} for p in pairs]
         res["seconds"] = time.perf_counter() - t0
         results.append(res)

@@ -10,13 +10,22 @@ from descbal.registry import Registry
 from descbal.train.augment import AugmentConfig
 from descbal.train.optim import OptimConfig, ScheduleConfig
 
+#: ``data.val`` that turns validation off (``descbal train --no-val``).
+NO_VAL = "none"
+
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training and validation patch sets (Brown-schema HDF5 caches)."""
+    """Training and validation patch sets (Brown-schema HDF5 caches).
+
+    ``val``: a cache with ``pairs`` (FPR95 each epoch); ``""`` (default) validates on the
+    training set's own held-out pairs when it has them (a pool of ``descbal cache images``:
+    ``pairs`` among ``holdout`` patches, which training never samples), else not at all;
+    ``"none"`` (:data:`NO_VAL`) never validates.
+    """
 
     train: str = ""  # path to the training cache (patches, labels)
-    val: str = ""  # optional validation cache with 'pairs' (FPR95 each epoch)
+    val: str = ""  # validation cache with 'pairs'; "": the training set's held-out pairs, if any; "none": off
     val_pairs: int = 0  # use only the first N validation pairs (0 = all)
 
 

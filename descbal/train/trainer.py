@@ -44,7 +44,7 @@ from descbal.models.checkpoint import FORMAT, read_checkpoint
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 from descbal.train.augment import network_input, sample_params
-from descbal.train.config import RunConfig
+from descbal.train.config import NO_VAL, DataConfig, RunConfig
 from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
 from descbal.train.phases import Phase, build_phases
 from descbal.train.sampler import ClassBatchSampler
@@ -93,14 +93,17 @@ class Trainer:
         cfg: resolved configuration.
         run_dir: output folder (created).
         train_set: patches (N, 64, 64) uint8 with labels; ``val_set``: with ``pairs``.
+        val_note: the line :meth:`fit` logs first, saying what validates (:func:`validation_set`).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, train_set: PatchSet, val_set: PatchSet | None = None) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, train_set: PatchSet, val_set: PatchSet | None = None,
+                 val_note: str | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.loop.device)
         self.train_set = train_set
         self.val_set = val_set
+        self.val_note = val_note
         if cfg.loop.seed < 0:
             raise BadInputError("config: loop.seed must be >= 0")
         torch.manual_seed(cfg.loop.seed)  # the initial weights derive from the seed too
@@ -246,8 +249,9 @@ class Trainer:
         """Train from the current position to the end (or until Ctrl-C / ``stop_after`` steps).
 
         ``progress("train", step, total_steps, stats)`` is called after every step (stats: loss,
-        lr, patches, patches/s on logged steps, the pipeline's statistics); ``log`` gets one line
-        when a phase starts and one per validation. On Ctrl-C the current step finishes,
+        lr, patches, patches/s on logged steps, the pipeline's statistics); ``log`` gets the
+        trainer's ``val_note`` first (what validates), one line when a phase starts and one per
+        validation. On Ctrl-C the current step finishes,
         ``checkpoints/last.pt`` is written and KeyboardInterrupt is raised.
         """
         progress = or_no_progress(progress)
@@ -267,6 +271,8 @@ class Trainer:
         except ValueError:  # not in the main thread
             previous = None
         history: list[dict[str, Any]] = []
+        if self.val_note:
+            say(self.val_note)
         try:
             while self.phase < len(self.phases):
                 ph = self.phases[self.phase]
@@ -329,6 +335,31 @@ def _class_positions(labels: np.ndarray) -> np.ndarray:
     return np.cumsum(change) - 1
 
 
+def validation_set(data: DataConfig, train: PatchSet) -> tuple[PatchSet | None, str]:
+    """The run's validation set and the log line saying what it is.
+
+    ``data.val`` names a cache; ``"none"`` turns validation off; unset, the training set itself
+    validates when its ``pairs`` join only ``holdout`` patches (a pool of ``descbal cache
+    images``): the sampler never draws those, so these pairs are held out. Brown sets, whose
+    pairs are among their training patches, are not used so.
+    """
+    if data.val == NO_VAL:
+        return None, 'validation: off (--no-val / data.val = "none")'
+    if data.val:
+        val = load_patchset(data.val)
+        n = 0 if val.pairs is None else len(val.pairs)
+        return val, f"validation: FPR95 each epoch on {data.val} ({_pairs_used(n, data.val_pairs)} pairs)"
+    pairs, held = train.pairs, train.holdout
+    if pairs is not None and held is not None and len(pairs) and bool(held[pairs[:, :2]].all()):
+        return train, (f"validation: FPR95 each epoch on the training set's {_pairs_used(len(pairs), data.val_pairs)} "
+                       f"held-out pairs ({int(held.sum())} held-out patches, never trained on); --no-val to skip")
+    return None, "validation: none (the training set has no held-out pairs; give --val SET.h5)"
+
+
+def _pairs_used(n: int, limit: int) -> int:
+    return min(n, limit) if limit > 0 else n
+
+
 def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
     """Create a run folder (resolved config, environment) and a trainer at step 0."""
     run_dir = Path(run_dir)
@@ -337,8 +368,8 @@ def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
     if not cfg.data.train:
         raise BadInputError("no training data: give --data or set data.train")
     train = load_patchset(cfg.data.train)
-    val = load_patchset(cfg.data.val) if cfg.data.val else None
-    trainer = Trainer(cfg, run_dir, train, val)
+    val, note = validation_set(cfg.data, train)
+    trainer = Trainer(cfg, run_dir, train, val, val_note=note)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
     write_text_atomic(run_dir / "environment.json", json.dumps(environment(trainer.device), indent=2) + "\n")
@@ -355,24 +386,26 @@ def resume_run(run_dir: str | Path) -> Trainer:
         raise DataMissingError("no checkpoints/last.pt to resume from", run_dir)
     cfg = load_config(RunConfig, run_dir / "config.toml")
     train = load_patchset(cfg.data.train)
-    val = load_patchset(cfg.data.val) if cfg.data.val else None
-    trainer = Trainer(cfg, run_dir, train, val)
+    val, note = validation_set(cfg.data, train)
+    trainer = Trainer(cfg, run_dir, train, val, val_note=note)
     trainer.load_state(ckpt)
     return trainer
 
 
 def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
              config: str | Path | None = None, overrides: Sequence[str] = (), data: str | Path | None = None,
-             val: str | Path | None = None, seed: int | None = None, device: str | None = None) -> Trainer:
+             val: str | Path | None = None, seed: int | None = None, device: str | None = None,
+             no_val: bool = False) -> Trainer:
     """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
     or started in ``out`` from the config resolved as recipe < config < overrides <
-    data/val/seed/device (:func:`descbal.run_config.resolve_run_config`)."""
+    data/val/seed/device (:func:`descbal.run_config.resolve_run_config`; ``no_val``: no
+    validation)."""
     from descbal.run_config import resolve_run_config
 
     if resume is not None:
-        if config or recipe or overrides or data or val or seed is not None or device is not None:
+        if config or recipe or overrides or data or val or no_val or seed is not None or device is not None:
             raise BadInputError("--resume continues a run with its own config; drop the other options")
         return resume_run(resume)
     if out is None:
         raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    return start_run(resolve_run_config(recipe, config, overrides, data, val, seed, device), out)
+    return start_run(resolve_run_config(recipe, config, overrides, data, val, seed, device, no_val=no_val), out)
