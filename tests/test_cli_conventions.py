@@ -70,6 +70,10 @@ MISSING = [
     ("eval example", "model", ["-m", "{nope}.pt", "-o", "{out}/ex"]),
     ("eval sequences", "folder", ["{nope}", "-m", "sift"]),
     ("eval sequences", "model", ["{sequences}", "-m", "{nope}.pt"]),
+    ("eval stereo", "left", ["{nope}.png", "{images}/a.png", "{disp}", "-m", "sift"]),
+    ("eval stereo", "right", ["{images}/a.png", "{nope}.png", "{disp}", "-m", "sift"]),
+    ("eval stereo", "disparity", ["{images}/a.png", "{images}/a.png", "{nope}.npy", "-m", "sift"]),
+    ("eval stereo", "model", ["{images}/a.png", "{images}/a.png", "{disp}", "-m", "{nope}.pt"]),
     ("download brown", "from_file", ["liberty", "--from-file", "{nope}.zip", "--root", "{out}/root"]),
     ("download hpatches", "from_file", ["--part", "patches", "--from-file", "{nope}.tar.gz", "--root", "{out}/root"]),
     ("cache brown", "root", ["liberty", "--root", "{nope}"]),
@@ -97,6 +101,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "features.h5").write_bytes(b"")
     (root / "brown_pairs.txt").write_text("0 5 0 1 5 0 0\n")
     np.save(root / "desc.npy", np.zeros((2, 4), np.float32))
+    np.save(root / "disp.npy", np.full((48, 64), 4.0, np.float32))
     train, val = write_sets(root / "sets", num_classes=12, per_class=3)
     paths = {p.stem if p.is_file() else p.name: p for p in root.iterdir()}
     return {**{k: str(v) for k, v in paths.items()}, "train": str(train), "val": str(val)}
@@ -170,7 +175,7 @@ def test_conventional_options() -> None:
                                                                                             "definition"), (name, p.opts)
     assert {"seed", "device"} <= {p.name for p in _options(COMMANDS["train"])}
     repeatable = {n for n, c in COMMANDS.items() for p in _options(c) if p.name == "model" and p.multiple}
-    assert repeatable == {"eval sequences"}  # several models compared in one table; one model elsewhere
+    assert repeatable == {"eval sequences", "eval stereo"}  # several models compared in one table; one elsewhere
 
 
 def test_boolean_options_are_plain_flags_without_a_placeholder() -> None:
