@@ -47,9 +47,10 @@ from descbal.fileio import atomic_path, write_text_atomic
 
 PROVENANCE_FILE = "descbal_features.json"
 #: Provenance keys that must agree for a resumed run to append to an existing output.
-MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype")
+MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype",
+                 "max_size")
 #: Values of provenance keys that files written before the key existed implicitly had.
-_IMPLICIT = {"compute_dtype": "float32"}
+_IMPLICIT = {"compute_dtype": "float32", "max_size": None}
 
 
 @dataclass
