@@ -2,7 +2,8 @@
 
 Each visible face of the box is rendered with ``cv2.warpPerspective`` of its own random texture
 (blobs at several scales, so that DoG finds many distinctive keypoints); the background is flat
-grey. Cameras stand on an arc around the box at one height, all looking at its centre.
+grey. Cameras stand on an arc around the box at two alternating heights (so that their centres
+span 3-D and a similarity aligned on them pins every rotation axis), all looking at its centre.
 Projection: ``x ~ K (R X + t)`` (``R``, ``t``: world -> camera, OpenCV axes: x right, y down,
 z forward; pixel centres at integers).
 """
@@ -77,7 +78,7 @@ def render_box_scene(folder: str | Path, num_views: int = 8, size: tuple[int, in
     scene = SyntheticScene([], K, {}, {})
     for i in range(num_views):
         az = np.deg2rad(15.0 + arc_deg * i / max(num_views - 1, 1))
-        C = np.array([radius * np.cos(az), radius * np.sin(az), height])
+        C = np.array([radius * np.cos(az), radius * np.sin(az), height + (1.5 if i % 2 else 0.0)])
         R = look_at(C, np.zeros(3))
         t = -R @ C
         img = np.full((h, w), 128, np.uint8)

@@ -210,8 +210,8 @@ def test_synthetic_box_reconstructs_and_aligns_to_its_cameras(tmp_path: Path) ->
     row = json.loads(r.stdout)["rows"][0]
     assert row["registered"] == 8 and row["points3d"] > 300
     radius = 6.0  # cameras stand 6 units from the box: errors are a small fraction of that
-    assert row["centre_error_median"] < 0.01 * radius
-    assert row["rotation_error_median"] < 1.0
+    assert row["centre_error_median"] < 0.002 * radius  # about 0.0007 x radius here
+    assert row["rotation_error_median"] < 0.5  # about 0.2 deg here
     assert row["pose_accuracy"]["5"] == 1.0
     assert (out / "box.png").is_file()
     summary = json.loads((out / "box" / "sift" / "summary.json").read_text())
