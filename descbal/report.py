@@ -259,16 +259,17 @@ def _opt(x: float | None, fmt: str) -> str:
 
 
 def sfm_table(result: SfmEvalResult) -> list[Renderable]:
-    """``descbal eval sfm``: one row per scene and model, then the overall rows; the plots."""
+    """``descbal eval sfm``: one row per scene and model, then the overall rows; the plots.
+    Relative-pose accuracy and AUC cells are ``5 / 10 / 20`` degrees."""
     t = Table(title="Structure from motion against ground-truth cameras (centre error in scene units, rotation in deg)")
-    cols = ("scene", "model", "registered", "points", "track", "reproj px", "centre mean", "centre med", "rot mean",
-            "rot med", "acc@5", "acc@10", "acc@20", "AUC@5", "AUC@10", "AUC@20")
+    cols = ("scene", "model", "reg.", "points", "track", "reproj px", "centre mean", "centre med", "rot mean", "rot med",
+            "acc 5/10/20", "AUC 5/10/20")
     for col in cols:
         t.add_column(col, justify="left" if col in ("scene", "model") else "right")
     for r in result.rows:
         t.add_row(r.scene, r.model, f"{r.registered}/{r.images}", str(r.points3d), f"{r.mean_track_length:.2f}",
                   f"{r.mean_reprojection_error:.2f}", _opt(r.centre_error_mean, ".4f"), _opt(r.centre_error_median, ".4f"),
                   _opt(r.rotation_error_mean, ".2f"), _opt(r.rotation_error_median, ".2f"),
-                  *(f"{r.pose_accuracy[k]:.3f}" for k in ("5", "10", "20")),
-                  *(f"{r.pose_auc[k]:.3f}" for k in ("5", "10", "20")))
+                  "/".join(f"{r.pose_accuracy[k]:.2f}" for k in ("5", "10", "20")),
+                  "/".join(f"{r.pose_auc[k]:.3f}" for k in ("5", "10", "20")))
     return [t, *(f"plot written to {p}" for p in result.plots)]
