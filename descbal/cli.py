@@ -721,6 +721,151 @@ def eval_stereo_cmd(
     emit_json(result.to_json(), json_out)
 
 
+# ------------------------------------------------------------------------------ structure from motion (pycolmap)
+
+CameraModelOpt = Annotated[str, typer.Option("--camera-model", help="COLMAP camera model (SIMPLE_RADIAL, SIMPLE_PINHOLE, "
+                                             "PINHOLE, RADIAL, OPENCV).")]
+IntrinsicsOpt = Annotated[str | None, typer.Option("--intrinsics", help="A 3x3 K file for every image, or a folder of "
+                                                   "<image name>.txt / .camera files (pixel centres at integers; "
+                                                   "default: EXIF, else 1.2 x the longer side).")]
+SingleCameraOpt = Annotated[bool, typer.Option("--single-camera", help="One camera shared by every image.")]
+VerboseColmapOpt = Annotated[bool, typer.Option("--colmap-log", help="Show COLMAP's own info log lines.")]
+
+
+def _reconstruct_config(model: str, detector: str, max_keypoints: int, max_size: int | None, pairs: Path | None,
+                        exhaustive_max: int, num_neighbours: int, ratio: float | None, camera_model: str,
+                        intrinsics: str | None, single_camera: bool, device: str) -> Any:
+    from descbal.errors import BadInputError
+    from descbal.extract.pipeline import ExtractConfig
+    from descbal.sfm import CameraOptions, ReconstructConfig
+
+    if ratio is not None and not 0 < ratio <= 1:
+        raise BadInputError("--ratio must be in (0, 1]")
+    if max_keypoints < 0 or (max_size is not None and max_size < 1):
+        raise BadInputError("--max-keypoints must be >= 0 and --max-size >= 1")
+    return ReconstructConfig(
+        extract=ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints, device=device,
+                              max_size=max_size),
+        pairs=None if pairs is None else str(pairs), exhaustive_max=exhaustive_max, num_neighbours=num_neighbours,
+        ratio=ratio, camera=CameraOptions(camera_model, intrinsics, single_camera))
+
+
+MaxSizeOpt = Annotated[int | None, typer.Option("--max-size", help="Extract on images shrunk to this longer side "
+                                                "(keypoints go to COLMAP in full-resolution pixels).")]
+PairsFileOpt = Annotated[Path | None, typer.Option("--pairs", help="Image pairs, 'name0 name1' per line (default: all "
+                                                   "pairs up to --exhaustive-max images, else retrieval).")]
+ExhaustiveOpt = Annotated[int, typer.Option("--exhaustive-max", help="Match every pair up to this many images.")]
+NeighboursOpt = Annotated[int, typer.Option("--num-neighbours", help="Beyond --exhaustive-max: pairs per image, nearest "
+                                            "by the mean local descriptor.")]
+SfmRatioOpt = Annotated[float | None, typer.Option("--ratio", help="Lowe's ratio on top of mutual nearest neighbours.")]
+
+
+@app.command("colmap")
+@handle_errors
+def colmap_cmd(
+    features: Annotated[Path, typer.Argument(help="hloc features file (descbal extract).")],
+    matches: Annotated[Path, typer.Argument(help="hloc matches file (descbal match).")],
+    images: Annotated[Path, typer.Option("--images", help="The image folder the names are relative to.")],
+    database: Annotated[Path, typer.Option("--database", help="COLMAP database to create (.db).")],
+    camera_model: CameraModelOpt = "SIMPLE_RADIAL",
+    intrinsics: IntrinsicsOpt = None,
+    single_camera: SingleCameraOpt = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip two-view geometric verification.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing database.")] = False,
+    colmap_log: VerboseColmapOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Features + matches into a new COLMAP database (keypoints +0.5 px), verified by pycolmap."""
+    from descbal.console import emit_json, progress_reporter, show
+    from descbal.report import colmap_report
+    from descbal.sfm import CameraOptions, write_colmap_database
+
+    with progress_reporter(quiet) as progress:
+        result = write_colmap_database(features, matches, images, database,
+                                       camera=CameraOptions(camera_model, intrinsics, single_camera), overwrite=overwrite,
+                                       verify=not no_verify, progress=progress, verbose=colmap_log)
+    show(colmap_report(result), quiet)
+    emit_json(result.to_json(), json_out)
+
+
+@app.command("reconstruct")
+@handle_errors
+def reconstruct_cmd(
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (features, matches, database, model/, "
+                                      "summary.json).")],
+    detector: DetectorOpt = "sift",
+    max_keypoints: MaxKpOpt = 4096,
+    max_size: MaxSizeOpt = None,
+    pairs: PairsFileOpt = None,
+    exhaustive_max: ExhaustiveOpt = 50,
+    num_neighbours: NeighboursOpt = 20,
+    ratio: SfmRatioOpt = 0.8,
+    camera_model: CameraModelOpt = "SIMPLE_RADIAL",
+    intrinsics: IntrinsicsOpt = None,
+    single_camera: SingleCameraOpt = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
+    colmap_log: VerboseColmapOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Images -> extract -> pairs -> match -> COLMAP database -> pycolmap incremental mapping. Resumable."""
+    from descbal.console import emit_json, progress_reporter, show
+    from descbal.report import reconstruct_report
+    from descbal.sfm import reconstruct
+
+    cfg = _reconstruct_config(model, detector, max_keypoints, max_size, pairs, exhaustive_max, num_neighbours, ratio,
+                              camera_model, intrinsics, single_camera, device)
+    with progress_reporter(quiet) as progress:
+        result = reconstruct(images, out, cfg, overwrite=overwrite, progress=progress, verbose=colmap_log)
+    show(reconstruct_report(result), quiet)
+    emit_json(result.to_json(), json_out)
+    if result.model is None:
+        raise typer.Exit(1)
+
+
+@eval_app.command("sfm")
+@handle_errors
+def eval_sfm_cmd(
+    scenes: Annotated[list[Path], typer.Argument(help="Scene folders (images/ + gt_dense_cameras/ or a COLMAP model), "
+                                                 "or folders of scenes.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help=MODEL_HELP + " Repeatable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Reconstructions go to OUT/<scene>/<model>/, plots to "
+                                      "OUT/<scene>.png.")] = Path("descbal-sfm"),
+    detector: DetectorOpt = "sift",
+    max_keypoints: MaxKpOpt = 4096,
+    max_size: MaxSizeOpt = None,
+    exhaustive_max: ExhaustiveOpt = 50,
+    num_neighbours: NeighboursOpt = 20,
+    ratio: SfmRatioOpt = 0.8,
+    camera_model: CameraModelOpt = "SIMPLE_RADIAL",
+    intrinsics: IntrinsicsOpt = None,
+    single_camera: SingleCameraOpt = False,
+    device: DeviceOpt = "auto",
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="No PNG per scene.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Reconstruct afresh instead of resuming.")] = False,
+    colmap_log: VerboseColmapOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Reconstruct scenes with ground-truth cameras with each model; registered images, points,
+    camera-centre and rotation errors after a robust similarity alignment, relative-pose accuracy."""
+    from descbal.console import emit_json, progress_reporter, show
+    from descbal.report import sfm_table
+    from descbal.sfm import evaluate_sfm
+
+    cfg = _reconstruct_config("sift", detector, max_keypoints, max_size, None, exhaustive_max, num_neighbours, ratio,
+                              camera_model, intrinsics, single_camera, device)
+    with progress_reporter(quiet) as progress:
+        result = evaluate_sfm(list(scenes), model, out, cfg, plot=not no_plot, overwrite=overwrite, progress=progress,
+                              verbose=colmap_log)
+    show(sfm_table(result), quiet)
+    emit_json(result.to_json(), json_out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -29,3 +29,10 @@ class DataMissingError(DescbalError):
     """Required data is absent or fails its checksum (exit code 3)."""
 
     exit_code = 3
+
+
+def list_names(names: list[str], limit: int = 50) -> str:
+    """Names for an error message, one per indented line, at most ``limit`` then a count of the
+    rest: ``"\\n  a.jpg\\n  b.jpg\\n  ... and 3 more"``."""
+    shown = "".join(f"\n  {n}" for n in names[:limit])
+    return shown + (f"\n  ... and {len(names) - limit} more" if len(names) > limit else "")

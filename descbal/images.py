@@ -82,8 +82,17 @@ def read_gray(path: str | Path, max_side: int | None = None) -> NDArray[np.uint8
         raise UnreadableImageError("unreadable (not an image OpenCV decodes)", path)
     if img.size == 0:
         raise UnreadableImageError("empty image", path)
-    if max_side is not None and max(img.shape) > max_side:
-        f = max_side / max(img.shape)
+    return fit_max_side(img, max_side)
+
+
+def fit_max_side(img: NDArray[np.uint8], max_side: int | None) -> NDArray[np.uint8]:
+    """``img`` downscaled (``INTER_AREA``) so that its longer side is ``max_side`` when it is
+    longer, each side rounded to the nearest pixel; else ``img`` itself.
+
+    Shape: (H, W) -> (h, w), max(h, w) <= max_side.
+    """
+    if max_side is not None and max(img.shape[:2]) > max_side:
+        f = max_side / max(img.shape[:2])
         img = cv2.resize(img, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
     return img
 

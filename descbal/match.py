@@ -26,7 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from descbal.devices import resolve_device
-from descbal.errors import BadInputError, DataMissingError
+from descbal.errors import BadInputError, DataMissingError, list_names
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 
@@ -158,9 +158,8 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
         wanted = list(dict.fromkeys(n for p in pair_list for n in p))
         missing = [n for n in wanted if n not in have or "descriptors" not in feats[n]]
         if missing:
-            shown = "\n  ".join(missing[:50]) + (f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else "")
             raise BadInputError(f"{len(missing)} image name(s) of the pairs file are not in the features file "
-                                f"(names must be exact, e.g. {sorted(have)[:1]}):\n  {shown}", features)
+                                f"(names must be exact, e.g. {sorted(have)[:1]}):{list_names(missing)}", features)
         out = Path(out)
         fresh = overwrite or not out.is_file()
         tx = AtomicH5(out, fresh=fresh)

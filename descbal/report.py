@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.extract.pipeline import ExtractResult
     from descbal.match import MatchResult
     from descbal.quickstart import QuickstartResult
+    from descbal.sfm.colmap_db import ColmapResult
+    from descbal.sfm.evaluate import SfmEvalResult
+    from descbal.sfm.reconstruct import ReconstructResult
     from descbal.train.trainer import TrainSummary
 
 Renderable = Table | str
@@ -264,3 +267,50 @@ def quickstart_report(result: QuickstartResult) -> list[Renderable]:
         lines.append("stages: " + ", ".join(f"{k} {v}" for k, v in result.stages.items()))
     lines.append(f"trained model: {result.model} (use it with 'descbal extract IMAGES --model {result.model}')")
     return lines
+
+
+# ------------------------------------------------------------------------------ structure from motion
+
+
+def colmap_report(result: ColmapResult) -> list[Renderable]:
+    """``descbal colmap``: the summary line."""
+    verified = (f", {result.verified_pairs} verified by two-view geometry ({result.inlier_matches} inlier matches)"
+                if result.verified_pairs else ", not verified")
+    return [f"{result.database}: {result.images} image(s), {result.cameras} camera(s), {result.keypoints} keypoints, "
+            f"{result.pairs} pair(s) with {result.matches} matches{verified}"]
+
+
+def reconstruct_report(result: ReconstructResult) -> list[Renderable]:
+    """``descbal reconstruct``: seconds per stage, then the model's numbers and where it is."""
+    t = Table(title=f"Reconstruction of {result.images_dir} ({result.pairing} pairs: {result.pairs})")
+    for col in ("stage", "seconds", "note"):
+        t.add_column(col, justify="right" if col == "seconds" else "left")
+    for stage, secs in result.seconds.items():
+        t.add_row(stage, f"{secs:.1f}", "already done" if stage in result.resumed else "")
+    if result.model is None:
+        line = f"[yellow]no model[/yellow]: pycolmap registered none of the {result.images} images"
+    else:
+        line = (f"{result.model}: {result.registered}/{result.images} images registered, {result.points3d} points, "
+                f"track length {result.mean_track_length:.2f}, reprojection error {result.mean_reprojection_error:.2f} px")
+    return [t, line]
+
+
+def _opt(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def sfm_table(result: SfmEvalResult) -> list[Renderable]:
+    """``descbal eval sfm``: one row per scene and model, then the overall rows; the plots.
+    Relative-pose accuracy and AUC cells are ``5 / 10 / 20`` degrees."""
+    t = Table(title="Structure from motion against ground-truth cameras (centre error in scene units, rotation in deg)")
+    cols = ("scene", "model", "reg.", "points", "track", "reproj px", "centre mean", "centre med", "rot mean", "rot med",
+            "acc 5/10/20", "AUC 5/10/20")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("scene", "model") else "right")
+    for r in result.rows:
+        t.add_row(r.scene, r.model, f"{r.registered}/{r.images}", str(r.points3d), f"{r.mean_track_length:.2f}",
+                  f"{r.mean_reprojection_error:.2f}", _opt(r.centre_error_mean, ".4f"), _opt(r.centre_error_median, ".4f"),
+                  _opt(r.rotation_error_mean, ".2f"), _opt(r.rotation_error_median, ".2f"),
+                  "/".join(f"{r.pose_accuracy[k]:.2f}" for k in ("5", "10", "20")),
+                  "/".join(f"{r.pose_auc[k]:.3f}" for k in ("5", "10", "20")))
+    return [t, *(f"plot written to {p}" for p in result.plots)]

@@ -25,7 +25,7 @@ from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
 from descbal.extract.writers import COMMIT_EVERY_IMAGES, COMMIT_EVERY_S, Features, open_writer
 from descbal.geometry import PatchGeometry, decode_keypoints
-from descbal.images import UnreadableImageError, list_images, read_gray
+from descbal.images import UnreadableImageError, fit_max_side, list_images, read_gray
 from descbal.models.resolve import ModelSpec
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
@@ -45,6 +45,7 @@ class ExtractConfig:
     bf16: bool = False  # run the network under bfloat16 autocast
     commit_every: int = COMMIT_EVERY_IMAGES  # an hloc output commits after this many new images ...
     commit_every_s: float = COMMIT_EVERY_S  # ... or this many seconds, whichever first (a kill keeps that)
+    max_size: int | None = None  # detect and describe on the image shrunk to this longer side; keypoints in full-size pixels
 
 
 @dataclass
@@ -80,6 +81,9 @@ class FeatureExtractor:
         geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
         device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
         bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
+        max_size: detect and describe on the image downscaled so that its longer side is
+            ``max_size`` (:func:`descbal.images.fit_max_side`); keypoints, scales and
+            ``image_size`` are then given in the full image's pixels (:func:`scale_features`).
 
     Raises:
         BadInputError: an unknown detector or one this OpenCV build lacks (the message says which
@@ -88,10 +92,13 @@ class FeatureExtractor:
 
     def __init__(self, model: ModelSpec = "sift", detector: str = "sift", max_keypoints: int = 2048,
                  geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
-                 batch_size: int = 1024, bf16: bool = False) -> None:
+                 batch_size: int = 1024, bf16: bool = False, max_size: int | None = None) -> None:
         get_detector(detector)  # fail before loading the model
         if max_keypoints < 0:
             raise ValueError("max_keypoints must be >= 0")
+        if max_size is not None and max_size < 1:
+            raise ValueError("max_size must be >= 1")
+        self.max_size = max_size
         self.device = resolve_device(device)
         self.detector = detector
         self.max_keypoints = max_keypoints
@@ -100,7 +107,8 @@ class FeatureExtractor:
 
     @classmethod
     def from_config(cls, cfg: ExtractConfig) -> FeatureExtractor:
-        return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size, cfg.bf16)
+        return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size, cfg.bf16,
+                   cfg.max_size)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -109,10 +117,17 @@ class FeatureExtractor:
 
         return {**self.describer.provenance, "geometry": dataclasses.asdict(self.geometry),
                 "detector": {"name": self.detector, "max_keypoints": self.max_keypoints}, "patch_size": PATCH_SIZE,
+                "max_size": self.max_size,
                 "descbal_version": __version__, "opencv_version": cv2.__version__, "torch_version": torch.__version__}
 
     def __call__(self, image: NDArray[np.uint8]) -> Features:
         """Features of a gray uint8 image. Shape: (H, W) -> N keypoints, (N, D) descriptors."""
+        small = fit_max_side(image, self.max_size)
+        if small is not image:
+            return scale_features(self._describe(small), image.shape[1], image.shape[0])
+        return self._describe(image)
+
+    def _describe(self, image: NDArray[np.uint8]) -> Features:
         kps = detect(image, self.detector, self.max_keypoints)
         desc, kept = self.describer(image, kps)
         kps = kps.subset(kept)
@@ -120,6 +135,17 @@ class FeatureExtractor:
         return Features(keypoints=f.xy.astype(np.float32), descriptors=np.asarray(desc, np.float32),
                         scores=kps.response.astype(np.float32), scales=f.diameter.astype(np.float32),
                         oris=f.angle.astype(np.float32), image_size=np.array([image.shape[1], image.shape[0]], np.int64))
+
+
+def scale_features(feats: Features, width: int, height: int) -> Features:
+    """Features of a downscaled image in the pixels of the (width x height) original: with pixel
+    centres at integers, ``x -> (x + 0.5) W / w - 0.5`` (same for y), scales x the mean factor."""
+    w, h = (int(v) for v in feats.image_size)
+    fx, fy = width / w, height / h
+    xy = (feats.keypoints.astype(np.float64) + 0.5) * np.array([fx, fy]) - 0.5
+    return dataclasses.replace(feats, keypoints=xy.astype(np.float32),
+                               scales=(feats.scales * (fx + fy) / 2).astype(np.float32),
+                               image_size=np.array([width, height], np.int64))
 
 
 def _load(path: Path) -> tuple[Path, NDArray[np.uint8] | None, str | None]:

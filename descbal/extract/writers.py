@@ -57,9 +57,10 @@ COMMIT_EVERY_S = 60.0
 #: time (a large file extracted quickly commits less often than every COMMIT_EVERY_IMAGES).
 COMMIT_MAX_SHARE = 0.1
 #: Provenance keys that must agree for a resumed run to append to an existing output.
-MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype")
+MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype",
+                 "max_size")
 #: Values of provenance keys that files written before the key existed implicitly had.
-_IMPLICIT = {"compute_dtype": "float32"}
+_IMPLICIT = {"compute_dtype": "float32", "max_size": None}
 
 
 @dataclass
