@@ -752,7 +752,7 @@ def _reconstruct_config(model: str, detector: str, max_keypoints: int, max_size:
 
 MaxSizeOpt = Annotated[int | None, typer.Option("--max-size", help="Extract on images shrunk to this longer side "
                                                 "(keypoints go to COLMAP in full-resolution pixels).")]
-PairsFileOpt = Annotated[Path | None, typer.Option("--pairs", help="Image pairs, 'name0 name1' per line (default: all "
+PairsFileOpt = Annotated[Path | None, typer.Option("--pairs", "-p", help="Image pairs, 'name0 name1' per line (default: all "
                                                    "pairs up to --exhaustive-max images, else retrieval).")]
 ExhaustiveOpt = Annotated[int, typer.Option("--exhaustive-max", help="Match every pair up to this many images.")]
 NeighboursOpt = Annotated[int, typer.Option("--num-neighbours", help="Beyond --exhaustive-max: pairs per image, nearest "

@@ -70,6 +70,14 @@ MISSING = [
     ("eval example", "model", ["-m", "{nope}.pt", "-o", "{out}/ex"]),
     ("eval sequences", "folder", ["{nope}", "-m", "sift"]),
     ("eval sequences", "model", ["{sequences}", "-m", "{nope}.pt"]),
+    ("colmap", "features", ["{nope}.h5", "{features}", "--images", "{images}", "--database", "{out}/db.db"]),
+    ("colmap", "matches", ["{hloc}", "{nope}.h5", "--images", "{images}", "--database", "{out}/db.db"]),
+    ("colmap", "images", ["{hloc}", "{hloc}", "--images", "{nope}", "--database", "{out}/db.db"]),
+    ("reconstruct", "images", ["{nope}", "-m", "sift", "-o", "{out}/r"]),
+    ("reconstruct", "model", ["{images}", "-m", "{nope}.pt", "-o", "{out}/r"]),
+    ("reconstruct", "pairs", ["{images}", "-m", "sift", "-o", "{out}/r", "-p", "{nope}.txt"]),
+    ("eval sfm", "scenes", ["{nope}", "-m", "sift", "-o", "{out}/s"]),
+    ("eval sfm", "model", ["{scene}", "-m", "{nope}.pt", "-o", "{out}/s"]),
     ("eval stereo", "left", ["{nope}.png", "{images}/a.png", "{disp}", "-m", "sift"]),
     ("eval stereo", "right", ["{images}/a.png", "{nope}.png", "{disp}", "-m", "sift"]),
     ("eval stereo", "disparity", ["{images}/a.png", "{images}/a.png", "{nope}.npy", "-m", "sift"]),
@@ -82,7 +90,7 @@ MISSING = [
     ("cache images", "folder", ["{nope}", "-o", "{out}/p.h5"]),
 ]
 #: Path parameters that name outputs (created when absent), not inputs.
-OUTPUT_PATHS = {"out", "export_csv", "plot"}
+OUTPUT_PATHS = {"out", "export_csv", "plot", "database"}
 NOT_INPUTS = {("download brown", "root"), ("download hpatches", "root")}  # the download's target
 
 
@@ -102,6 +110,16 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "brown_pairs.txt").write_text("0 5 0 1 5 0 0\n")
     np.save(root / "desc.npy", np.zeros((2, 4), np.float32))
     np.save(root / "disp.npy", np.full((48, 64), 4.0, np.float32))
+    import h5py
+
+    with h5py.File(root / "hloc.h5", "w") as h5:  # a readable (empty) features / matches file
+        h5.create_group("a.png")
+    (root / "scene" / "images").mkdir(parents=True)  # a Strecha-layout scene with ground-truth cameras
+    cv2.imwrite(str(root / "scene" / "images" / "0000.png"), img)
+    (root / "scene" / "images" / "K.txt").write_text("50 0 32\n0 50 24\n0 0 1\n")
+    (root / "scene" / "gt_dense_cameras").mkdir()
+    (root / "scene" / "gt_dense_cameras" / "0000.png.camera").write_text(
+        "50 0 32\n0 50 24\n0 0 1\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n0 0 0\n64 48\n")
     train, val = write_sets(root / "sets", num_classes=12, per_class=3)
     paths = {p.stem if p.is_file() else p.name: p for p in root.iterdir()}
     return {**{k: str(v) for k, v in paths.items()}, "train": str(train), "val": str(val)}
@@ -175,7 +193,7 @@ def test_conventional_options() -> None:
                                                                                             "definition"), (name, p.opts)
     assert {"seed", "device"} <= {p.name for p in _options(COMMANDS["train"])}
     repeatable = {n for n, c in COMMANDS.items() for p in _options(c) if p.name == "model" and p.multiple}
-    assert repeatable == {"eval sequences", "eval stereo"}  # several models compared in one table; one elsewhere
+    assert repeatable == {"eval sequences", "eval stereo", "eval sfm"}  # several models in one table; one elsewhere
 
 
 def test_boolean_options_are_plain_flags_without_a_placeholder() -> None:
