@@ -29,7 +29,7 @@ from descbal.sfm import (  # noqa: E402
 )
 from descbal.sfm.evaluate import pose_auc, relative_pose_errors, robust_similarity, umeyama  # noqa: E402
 from descbal.sfm.groundtruth import read_strecha_camera  # noqa: E402
-from tests.sfm_fixtures import render_box_scene  # noqa: E402
+from sfm_fixtures import render_box_scene  # noqa: E402
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfm"
