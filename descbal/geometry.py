@@ -27,7 +27,7 @@ level chosen by :func:`pyramid_level`: on the host by :func:`remap` (the data bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,6 +60,19 @@ class PatchGeometry:
             raise ValueError("mag must be positive")
         if self.angle_sign not in (1.0, -1.0):
             raise ValueError(f"angle_sign must be 1 or -1, got {self.angle_sign!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields as plain values (stored in patch sets, checkpoints and provenance)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> PatchGeometry:
+        """The inverse of :meth:`to_dict`; unknown keys are refused (ValueError), missing ones default."""
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValueError(f"unknown geometry field(s) {', '.join(extra)}")
+        return cls(**d)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

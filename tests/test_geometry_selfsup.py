@@ -136,6 +136,7 @@ def test_pool_schema_determinism_and_holdout(photos: Path) -> None:
     assert np.all(a.holdout[a.pairs[:, 0]]) and np.all(a.holdout[a.pairs[:, 1]])
     same = a.labels[a.pairs[:, 0]] == a.labels[a.pairs[:, 1]]
     np.testing.assert_array_equal(same, a.pairs[:, 2] == 1)
+    assert a.geometry == SMALL.geometry and a.near is None
     c, _ = build_pool(photos, PoolConfig(**{**SMALL.__dict__, "seed": 1}))
     assert not np.array_equal(c.patches[:50], a.patches[:50])
 

@@ -6,7 +6,11 @@ File layout (one HDF5 file per set)::
     labels   int64  (N,)       class of each patch (Brown: the 3D point id)
     pairs    int64  (M, 3)     optional: (patch_id_1, patch_id_2, is_match), is_match in {0, 1}
     holdout  uint8  (N,)       optional: 1 for patches reserved for evaluation (never trained on)
-    attrs    name, num_patches, format, and whatever the writer adds (source_sha256, ...)
+    near     int64  (K, 2)     optional: pairs of labels that must not be negatives of each other
+                               (distinct 3D points whose sightings nearly coincide: false negatives)
+    attrs    name, num_patches, format, ``geometry`` (optional: JSON of the
+             :class:`~descbal.geometry.PatchGeometry` the patches were cut with; absent for sets of
+             unknown geometry such as Brown's) and whatever the writer adds (source_sha256, ...)
 
 Caches built by :mod:`descbal.data` are idempotent: each stores the SHA-256 of its raw input's
 fingerprint and the descbal version, and a rebuild is skipped while both are unchanged
@@ -15,6 +19,7 @@ fingerprint and the descbal version, and a rebuild is skipped while both are unc
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +34,7 @@ from numpy.typing import NDArray
 from descbal import __version__
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path, sha256_hex
+from descbal.geometry import PatchGeometry
 from descbal.progress import Progress, or_no_progress
 
 T = TypeVar("T")
@@ -54,6 +60,9 @@ class PatchSet:
         name: a short name such as ``"liberty"``.
         holdout: optional (N,) bool, True for patches reserved for evaluation pairs; training
             never samples them.
+        near: optional (K, 2) int64 pairs of labels that are distinct classes but too close to
+            be drawn as negatives of each other (the batch sampler keeps them apart).
+        geometry: the keypoint-to-patch geometry the patches were cut with (None: unknown).
 
     Raises:
         BadInputError: wrong dtypes, shapes, pair ids out of range or match flags not 0/1.
@@ -64,6 +73,8 @@ class PatchSet:
     pairs: NDArray[np.int64] | None = None
     name: str = ""
     holdout: NDArray[np.bool_] | None = None
+    near: NDArray[np.int64] | None = None
+    geometry: PatchGeometry | None = None
 
     def __post_init__(self) -> None:
         p = self.patches
@@ -80,6 +91,8 @@ class PatchSet:
             self.holdout = np.asarray(self.holdout).astype(bool)
             if self.holdout.shape != (n,):
                 raise BadInputError(f"holdout must have shape ({n},), got {self.holdout.shape}")
+        if self.near is not None:
+            self.near = _int64(self.near, "near").reshape(-1, 2)
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
@@ -161,7 +174,9 @@ def load_patchset(path: str | Path) -> PatchSet:
             labels = _read_dataset(h5, "labels", path)
             pairs = _read_dataset(h5, "pairs", path) if "pairs" in h5 else None
             holdout = _read_dataset(h5, "holdout", path) if "holdout" in h5 else None
+            near = _read_dataset(h5, "near", path) if "near" in h5 else None
             name = h5.attrs.get("name", path.stem)
+            geometry = _read_geometry(h5.attrs.get("geometry"), path)
     except OSError as e:
         raise BadInputError(f"not a readable HDF5 file ({e})", path) from None
     if patches.dtype != np.uint8 or patches.ndim != 3:
@@ -174,7 +189,20 @@ def load_patchset(path: str | Path) -> PatchSet:
         check_pairs(pairs, len(patches), path)
     if holdout is not None and holdout.shape != (len(patches),):
         raise BadInputError(f"'holdout' must have shape ({len(patches)},), got {holdout.shape}", path)
-    return PatchSet(patches, labels, pairs, str(name), None if holdout is None else holdout.astype(bool))
+    if near is not None and (near.ndim != 2 or near.shape[1] != 2):
+        raise BadInputError(f"'near' must have shape (K, 2), got {near.shape}", path)
+    return PatchSet(patches, labels, pairs, str(name), None if holdout is None else holdout.astype(bool),
+                    None if near is None else _int64(near, "'near'", path), geometry)
+
+
+def _read_geometry(raw: object, path: Path) -> PatchGeometry | None:
+    """The ``geometry`` attribute (JSON of a PatchGeometry), None when absent."""
+    if raw is None:
+        return None
+    try:
+        return PatchGeometry.from_dict(json.loads(str(raw)))
+    except (ValueError, TypeError) as e:
+        raise BadInputError(f"unreadable 'geometry' attribute ({e})", path) from None
 
 
 def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | None = None,
@@ -192,6 +220,8 @@ def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | No
         h5.attrs["name"] = ps.name
         h5.attrs["num_patches"] = n
         h5.attrs["format"] = CACHE_FORMAT
+        if ps.geometry is not None:
+            h5.attrs["geometry"] = json.dumps(ps.geometry.to_dict(), sort_keys=True)
         for k, v in (attrs or {}).items():
             h5.attrs[k] = v
         chunks = (min(CHUNK_PATCHES, n), h, w) if n and h and w else None  # HDF5 has no empty chunks
@@ -206,6 +236,62 @@ def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | No
             h5.create_dataset("pairs", data=ps.pairs)
         if ps.holdout is not None:
             h5.create_dataset("holdout", data=ps.holdout.astype(np.uint8))
+        if ps.near is not None:
+            h5.create_dataset("near", data=ps.near.reshape(-1, 2))
+
+
+def holdout_pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, rng: np.random.Generator,
+                  near: NDArray[np.int64] | None = None) -> NDArray[np.int64]:
+    """Verification pairs among held-out patches, half matching and half not, shuffled.
+
+    Matches: a random class with two or more held-out patches, two distinct patches of it.
+    Non-matches: two distinct classes, a random patch of each; with ``near`` (K, 2) label
+    pairs, a non-match whose classes are near each other is drawn again (they would be false
+    negatives). ``n_pairs // 2`` matches when some class has two patches, else none.
+
+    Shape: labels (N,), holdout (N,) -> (M, 3) int64 rows ``(patch_1, patch_2, is_match)``.
+    """
+    idx = np.flatnonzero(holdout)
+    if len(idx) == 0:
+        return np.zeros((0, 3), np.int64)
+    lab = labels[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    uniq, start, count = np.unique(lab, return_index=True, return_counts=True)
+    multi = np.flatnonzero(count >= 2)
+    half = n_pairs // 2
+    rows = []
+    if len(multi):
+        cls = rng.choice(multi, half)
+        a = rng.integers(0, count[cls])
+        b = (a + rng.integers(1, count[cls])) % count[cls]
+        rows.append(np.stack([idx[start[cls] + a], idx[start[cls] + b], np.ones(half, np.int64)], 1))
+    if len(uniq) >= 2:
+        c1 = rng.integers(0, len(uniq), n_pairs - half)
+        c2 = (c1 + rng.integers(1, len(uniq), n_pairs - half)) % len(uniq)
+        if near is not None and len(near):
+            c1, c2 = _redraw_near(uniq, c1, c2, near, rng)
+        p1 = idx[start[c1] + rng.integers(0, count[c1])]
+        p2 = idx[start[c2] + rng.integers(0, count[c2])]
+        rows.append(np.stack([p1, p2, np.zeros(n_pairs - half, np.int64)], 1))
+    out = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+    return out[rng.permutation(len(out))]
+
+
+def _redraw_near(uniq: NDArray[np.int64], c1: NDArray[np.int64], c2: NDArray[np.int64], near: NDArray[np.int64],
+                 rng: np.random.Generator, rounds: int = 20) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Non-match class pairs (indices into ``uniq``) with the ones listed in ``near`` drawn again
+    (at most ``rounds`` times; the few left after that are dropped)."""
+    pairs = {(int(a), int(b)) for a, b in near} | {(int(b), int(a)) for a, b in near}
+    for _ in range(rounds):
+        bad = np.array([(int(uniq[a]), int(uniq[b])) in pairs for a, b in zip(c1, c2, strict=True)], bool)
+        if not bad.any():
+            return c1, c2
+        k = int(bad.sum())
+        c1[bad] = rng.integers(0, len(uniq), k)
+        c2[bad] = (c1[bad] + rng.integers(1, len(uniq), k)) % len(uniq)
+    bad = np.array([(int(uniq[a]), int(uniq[b])) in pairs for a, b in zip(c1, c2, strict=True)], bool)
+    return c1[~bad], c2[~bad]
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from descbal.data.patchset import (
     cache_attrs,
     cache_is_current,
     fingerprint_files,
+    holdout_pairs,
     read_attrs,
     write_patchset,
 )
@@ -159,33 +160,6 @@ def image_views(image: NDArray[np.uint8], cfg: PoolConfig, rng: np.random.Genera
     return out.astype(np.uint8), owner_a[keep]
 
 
-def _pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, rng: np.random.Generator
-           ) -> NDArray[np.int64]:
-    idx = np.flatnonzero(holdout)
-    if len(idx) == 0:
-        return np.zeros((0, 3), np.int64)
-    lab = labels[idx]
-    order = np.argsort(lab, kind="stable")
-    idx, lab = idx[order], lab[order]
-    uniq, start, count = np.unique(lab, return_index=True, return_counts=True)
-    multi = np.flatnonzero(count >= 2)
-    half = n_pairs // 2
-    rows = []
-    if len(multi):
-        cls = rng.choice(multi, half)
-        a = rng.integers(0, count[cls])
-        b = (a + rng.integers(1, count[cls])) % count[cls]
-        rows.append(np.stack([idx[start[cls] + a], idx[start[cls] + b], np.ones(half, np.int64)], 1))
-    if len(uniq) >= 2:
-        c1 = rng.integers(0, len(uniq), n_pairs - half)
-        c2 = (c1 + rng.integers(1, len(uniq), n_pairs - half)) % len(uniq)
-        p1 = idx[start[c1] + rng.integers(0, count[c1])]
-        p2 = idx[start[c2] + rng.integers(0, count[c2])]
-        rows.append(np.stack([p1, p2, np.zeros(n_pairs - half, np.int64)], 1))
-    out = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
-    return out[rng.permutation(len(out))]
-
-
 def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
                progress: Progress | None = None) -> tuple[PatchSet, list[dict[str, str]]]:
     """Patch set from every photo of ``folder``. Returns the set and the skipped photos
@@ -232,8 +206,9 @@ def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
     patches = np.concatenate(all_p)
     labels = np.concatenate(all_l)
     holdout = np.concatenate(all_h)
-    pairs = _pairs(labels, holdout, cfg.pairs, np.random.default_rng([cfg.seed, 99]))
-    return PatchSet(patches, labels, pairs if len(pairs) else None, folder.name, holdout), skipped
+    pairs = holdout_pairs(labels, holdout, cfg.pairs, np.random.default_rng([cfg.seed, 99]))
+    return (PatchSet(patches, labels, pairs if len(pairs) else None, folder.name, holdout, geometry=cfg.geometry),
+            skipped)
 
 
 def config_hash(cfg: PoolConfig) -> str:
