@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 pycolmap = pytest.importorskip("pycolmap")
 
+from sfm_fixtures import render_box_scene  # noqa: E402
+
 from descbal.cli import app  # noqa: E402
 from descbal.errors import BadInputError  # noqa: E402
 from descbal.extract.pipeline import FeatureExtractor, scale_features  # noqa: E402
@@ -29,7 +31,6 @@ from descbal.sfm import (  # noqa: E402
 )
 from descbal.sfm.evaluate import pose_auc, relative_pose_errors, robust_similarity, umeyama  # noqa: E402
 from descbal.sfm.groundtruth import read_strecha_camera  # noqa: E402
-from sfm_fixtures import render_box_scene  # noqa: E402
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfm"
