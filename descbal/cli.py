@@ -262,7 +262,8 @@ _GEO = "Geometry (keypoint -> patch)"
 # the detectors this OpenCV build has, from the one registry (descbal.detectors)
 DetectorOpt = Annotated[str, typer.Option(help=DETECTORS.help())]
 MaxKpOpt = Annotated[int, typer.Option("--max-keypoints", help="Keep the strongest keypoints by response (0: all).")]
-MagOpt = Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter.", rich_help_panel=_GEO)]
+MagOpt = Annotated[float | None, typer.Option(help="Patch side = mag x keypoint diameter (default: the mag the model "
+                                             "was trained with, else 5).", rich_help_panel=_GEO)]
 SizeKindOpt = Annotated[SizeKind, typer.Option("--size-kind", help="Keypoint size is a diameter or a sigma.",
                                                rich_help_panel=_GEO)]
 AngleUnitOpt = Annotated[AngleUnit, typer.Option("--angle-unit", help="Keypoint angle unit.", rich_help_panel=_GEO)]
@@ -270,11 +271,13 @@ AngleSignOpt = Annotated[float, typer.Option("--angle-sign", help="+1: clockwise
                                              rich_help_panel=_GEO)]
 PixelOriginOpt = Annotated[PixelOrigin, typer.Option("--pixel-origin", help="center: pixel centres at integers (OpenCV, "
                                                      "hloc); corner: pixel (0,0) spans [0,1].", rich_help_panel=_GEO)]
-UprightOpt = Annotated[bool, typer.Option("--upright", help="Ignore keypoint orientations.", rich_help_panel=_GEO)]
+UprightOpt = Annotated[bool | None, typer.Option("--upright", help="Ignore keypoint orientations (default: as the "
+                                                 "model was trained, else oriented).", rich_help_panel=_GEO)]
 
 
-def _geometry(mag: float, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float, pixel_origin: PixelOrigin,
-              upright: bool) -> Any:
+def _geometry(mag: float | None, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float,
+              pixel_origin: PixelOrigin, upright: bool | None) -> Any:
+    """The geometry options (descbal.geometry.GeometryOptions); mag / upright None: not given."""
     from descbal.geometry import geometry_from_options
 
     return geometry_from_options(mag, size_kind.value, angle_unit.value, angle_sign, pixel_origin.value, upright)
@@ -290,12 +293,12 @@ def extract_cmd(
                                             "lossy).")] = FeatFormat.hloc,
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 2048,
-    mag: MagOpt = 5.0,
+    mag: MagOpt = None,
     size_kind: SizeKindOpt = SizeKind.diameter,
     angle_unit: AngleUnitOpt = AngleUnit.deg,
     angle_sign: AngleSignOpt = 1.0,
     pixel_origin: PixelOriginOpt = PixelOrigin.center,
-    upright: UprightOpt = False,
+    upright: UprightOpt = None,
     half: Annotated[bool, typer.Option("--half", help="Store descriptors as float16.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="Run the network in bfloat16 (faster on GPUs and AVX512-BF16 "
                                        "CPUs; descriptors change by about 0.01 in L2).")] = False,
@@ -484,7 +487,8 @@ def train_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with the run configuration.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe (see --list-recipes).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Training cache (.h5 with patches, labels).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Training cache (.h5 with patches, labels); repeatable: "
+                                                    "one run on all the sets (of one patch geometry).")] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Validation cache (.h5 with pairs): FPR95 each epoch "
                                              "(default: the training pool's held-out pairs, when it has them).")] = None,
     no_val: Annotated[bool, typer.Option("--no-val", help="No validation (data.val = \"none\").")] = False,
@@ -511,7 +515,8 @@ def train_cmd(
     if show_recipe is not None:
         typer.echo(recipe_text(show_recipe), nl=False)
         return
-    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data, val=val,
+    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data or None,
+                       val=val,
                        seed=seed, device=device, no_val=no_val)
     show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
     try:
@@ -652,12 +657,12 @@ def eval_sequences_cmd(
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 2048,
     ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test.")] = None,
-    mag: MagOpt = 5.0,
+    mag: MagOpt = None,
     size_kind: SizeKindOpt = SizeKind.diameter,
     angle_unit: AngleUnitOpt = AngleUnit.deg,
     angle_sign: AngleSignOpt = 1.0,
     pixel_origin: PixelOriginOpt = PixelOrigin.center,
-    upright: UprightOpt = False,
+    upright: UprightOpt = None,
     device: DeviceOpt = "auto",
     plot: Annotated[Path | None, typer.Option("--plot", help="Write MMA against threshold as a PNG.")] = None,
     json_out: JsonOpt = None,
@@ -695,12 +700,12 @@ def eval_stereo_cmd(
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 2048,
     ratio: Annotated[float | None, typer.Option("--ratio", help="Also apply Lowe's ratio test.")] = None,
-    mag: MagOpt = 5.0,
+    mag: MagOpt = None,
     size_kind: SizeKindOpt = SizeKind.diameter,
     angle_unit: AngleUnitOpt = AngleUnit.deg,
     angle_sign: AngleSignOpt = 1.0,
     pixel_origin: PixelOriginOpt = PixelOrigin.center,
-    upright: UprightOpt = False,
+    upright: UprightOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -734,9 +739,11 @@ VerboseColmapOpt = Annotated[bool, typer.Option("--colmap-log", help="Show COLMA
 
 def _reconstruct_config(model: str, detector: str, max_keypoints: int, max_size: int | None, pairs: Path | None,
                         exhaustive_max: int, num_neighbours: int, ratio: float | None, camera_model: str,
-                        intrinsics: str | None, single_camera: bool, device: str) -> Any:
+                        intrinsics: str | None, single_camera: bool, device: str, mag: float | None = None,
+                        upright: bool | None = None) -> Any:
     from descbal.errors import BadInputError
     from descbal.extract.pipeline import ExtractConfig
+    from descbal.geometry import geometry_from_options
     from descbal.sfm import CameraOptions, ReconstructConfig
 
     if ratio is not None and not 0 < ratio <= 1:
@@ -745,7 +752,7 @@ def _reconstruct_config(model: str, detector: str, max_keypoints: int, max_size:
         raise BadInputError("--max-keypoints must be >= 0 and --max-size >= 1")
     return ReconstructConfig(
         extract=ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints, device=device,
-                              max_size=max_size),
+                              max_size=max_size, geometry=geometry_from_options(mag=mag, upright=upright)),
         pairs=None if pairs is None else str(pairs), exhaustive_max=exhaustive_max, num_neighbours=num_neighbours,
         ratio=ratio, camera=CameraOptions(camera_model, intrinsics, single_camera))
 
@@ -799,6 +806,8 @@ def reconstruct_cmd(
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 4096,
     max_size: MaxSizeOpt = None,
+    mag: MagOpt = None,
+    upright: UprightOpt = None,
     pairs: PairsFileOpt = None,
     exhaustive_max: ExhaustiveOpt = 50,
     num_neighbours: NeighboursOpt = 20,
@@ -818,7 +827,7 @@ def reconstruct_cmd(
     from descbal.sfm import reconstruct
 
     cfg = _reconstruct_config(model, detector, max_keypoints, max_size, pairs, exhaustive_max, num_neighbours, ratio,
-                              camera_model, intrinsics, single_camera, device)
+                              camera_model, intrinsics, single_camera, device, mag, upright)
     with progress_reporter(quiet) as progress:
         result = reconstruct(images, out, cfg, overwrite=overwrite, progress=progress, verbose=colmap_log)
     show(reconstruct_report(result), quiet)
@@ -838,6 +847,8 @@ def eval_sfm_cmd(
     detector: DetectorOpt = "sift",
     max_keypoints: MaxKpOpt = 4096,
     max_size: MaxSizeOpt = None,
+    mag: MagOpt = None,
+    upright: UprightOpt = None,
     exhaustive_max: ExhaustiveOpt = 50,
     num_neighbours: NeighboursOpt = 20,
     ratio: SfmRatioOpt = 0.8,
@@ -858,7 +869,7 @@ def eval_sfm_cmd(
     from descbal.sfm import evaluate_sfm
 
     cfg = _reconstruct_config("sift", detector, max_keypoints, max_size, None, exhaustive_max, num_neighbours, ratio,
-                              camera_model, intrinsics, single_camera, device)
+                              camera_model, intrinsics, single_camera, device, mag, upright)
     with progress_reporter(quiet) as progress:
         result = evaluate_sfm(list(scenes), model, out, cfg, plot=not no_plot, overwrite=overwrite, progress=progress,
                               verbose=colmap_log)

@@ -58,6 +58,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if len(value) != len(args):
             raise BadInputError(f"config key {key!r} needs {len(args)} values, got {len(value)}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise BadInputError(f"config key {key!r} must be a list")
+        (elem,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, elem, key) for v in value]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise BadInputError(f"config key {key!r} must be a table")

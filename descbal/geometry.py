@@ -94,15 +94,82 @@ class KeypointFrames:
     theta: NDArray[np.float64]
 
 
-def geometry_from_options(mag: float = 5.0, size_kind: str = "diameter", angle_unit: str = "deg",
-                          angle_sign: float = 1.0, pixel_origin: str = "center", upright: bool = False) -> PatchGeometry:
-    """A :class:`PatchGeometry` from command options; a bad value is a one-line BadInputError
-    naming the option (``--angle-sign``, ``--mag``, ...)."""
+#: Where a command's geometry came from (:func:`resolve_geometry`).
+GEOMETRY_SOURCES: tuple[str, ...] = ("option", "model", "default")
+#: The fields a model decides (how much context it saw, whether it saw orientations); the others
+#: describe the keypoint source (OpenCV's detectors) and stay the command's options.
+MODEL_FIELDS: tuple[str, ...] = ("mag", "upright")
+
+
+@dataclass(frozen=True)
+class GeometryOptions:
+    """A command's geometry options: the keypoint source's conventions, and ``mag`` / ``upright``
+    where given (None: not given, so the model's trained geometry decides, else the defaults of
+    :class:`PatchGeometry`). :func:`resolve_geometry` turns it into a :class:`PatchGeometry`.
+
+    Raises:
+        ValueError: a value :class:`PatchGeometry` refuses.
+    """
+
+    mag: float | None = None
+    size_kind: str = "diameter"
+    angle_unit: str = "deg"
+    angle_sign: float = 1.0
+    pixel_origin: str = "center"
+    upright: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.fill(None)  # validates every given value
+
+    def given(self) -> bool:
+        """Whether ``mag`` or ``upright`` was given explicitly."""
+        return self.mag is not None or self.upright is not None
+
+    def fill(self, trained: PatchGeometry | None) -> PatchGeometry:
+        """The geometry with the fields not given taken from ``trained`` (else the defaults)."""
+        base = trained if trained is not None else PatchGeometry()
+        return PatchGeometry(mag=base.mag if self.mag is None else self.mag, size_kind=self.size_kind,
+                             angle_unit=self.angle_unit, angle_sign=self.angle_sign, pixel_origin=self.pixel_origin,
+                             upright=base.upright if self.upright is None else self.upright)
+
+
+#: What a geometry argument of a library function may be: a full geometry (used as given) or
+#: options resolved against the model (:func:`resolve_geometry`).
+GeometrySpec = PatchGeometry | GeometryOptions
+
+
+def resolve_geometry(spec: GeometrySpec, trained: PatchGeometry | None) -> tuple[PatchGeometry, str]:
+    """The geometry a command uses for a model, and where it came from.
+
+    Args:
+        spec: a :class:`PatchGeometry` (used as it is: source ``"option"``) or
+            :class:`GeometryOptions`: ``mag`` and ``upright`` given override the model's, the
+            ones not given come from ``trained``, else from :class:`PatchGeometry`'s defaults
+            (mag 5, oriented); the keypoint-source fields (size kind, angle unit and sign, pixel
+            origin) always come from ``spec``.
+        trained: the geometry the model was trained with (``ResolvedModel.geometry``; None for
+            published weights, architectures, classical descriptors and old checkpoints).
+
+    Returns:
+        ``(geometry, source)``, source ``"option"`` (an explicit mag / upright was given; a
+        field not given still comes from the model), ``"model"`` (the model's) or ``"default"``.
+    """
+    if isinstance(spec, PatchGeometry):
+        return spec, "option"
+    source = "option" if spec.given() else "model" if trained is not None else "default"
+    return spec.fill(trained), source
+
+
+def geometry_from_options(mag: float | None = None, size_kind: str = "diameter", angle_unit: str = "deg",
+                          angle_sign: float = 1.0, pixel_origin: str = "center",
+                          upright: bool | None = None) -> GeometryOptions:
+    """:class:`GeometryOptions` from command options (None: not given); a bad value is a one-line
+    BadInputError naming the option (``--angle-sign``, ``--mag``, ...)."""
     from descbal.errors import BadInputError
 
     try:
-        return PatchGeometry(mag=mag, size_kind=size_kind, angle_unit=angle_unit, angle_sign=angle_sign,
-                             pixel_origin=pixel_origin, upright=upright)
+        return GeometryOptions(mag=mag, size_kind=size_kind, angle_unit=angle_unit, angle_sign=angle_sign,
+                               pixel_origin=pixel_origin, upright=upright)
     except ValueError as e:
         name = str(e).split(" ", 1)[0]
         raise BadInputError(f"--{name.replace('_', '-')}: {e}") from None

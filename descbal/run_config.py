@@ -8,7 +8,7 @@ seed and device (``--data``, ``--val``, ``--seed``, ``--device``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from descbal.config import Source, load_config
@@ -18,12 +18,13 @@ from descbal.train.config import NO_VAL, RunConfig
 
 
 def resolve_run_config(recipe: str | None = None, config: str | Path | None = None, overrides: Iterable[str] = (),
-                       data: str | Path | None = None, val: str | Path | None = None, seed: int | None = None,
-                       device: str | None = None, *, no_val: bool = False) -> RunConfig:
+                       data: str | Path | Sequence[str | Path] | None = None, val: str | Path | None = None,
+                       seed: int | None = None, device: str | None = None, *, no_val: bool = False) -> RunConfig:
     """Resolve a :class:`~descbal.train.config.RunConfig`: defaults < ``recipe`` (a name of
     :func:`~descbal.recipes.recipe_names`) < ``config`` (a TOML file) < ``overrides``
-    (``section.key=value``, later ones win) < ``data`` (``data.train``) and ``val``
-    (``data.val``), both made absolute, or ``no_val`` (``data.val = "none"``: no validation),
+    (``section.key=value``, later ones win) < ``data`` (``data.train``: one path, or several
+    sets to train on together, each made absolute; one path stays a string) and ``val``
+    (``data.val``, made absolute), or ``no_val`` (``data.val = "none"``: no validation),
     ``seed`` (``loop.seed``) and ``device`` (``loop.device``).
 
     Raises:
@@ -37,7 +38,9 @@ def resolve_run_config(recipe: str | None = None, config: str | Path | None = No
     items = list(overrides)
     # json.dumps gives a TOML basic string: paths with quotes or backslashes survive
     if data is not None:
-        items.append(f"data.train={json.dumps(str(Path(data).resolve()))}")
+        paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, str | Path) else data)]
+        if paths:
+            items.append(f"data.train={json.dumps(paths[0] if len(paths) == 1 else paths)}")
     if val is not None:
         items.append(f"data.val={json.dumps(str(Path(val).resolve()))}")
     if seed is not None:

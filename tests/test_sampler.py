@@ -158,3 +158,54 @@ def test_unusable_patches_are_never_drawn() -> None:
             assert stop - start == (2 if n == 1 else min(n, 3))
     with pytest.raises(ValueError, match="only 3"):
         ClassBatchSampler(labels, 4, 3, seed=2, usable=usable)
+
+
+# ------------------------------------------------------------------------------ near classes kept apart
+
+NEAR_LABELS = np.repeat(np.arange(6) * 10 + 3, [2, 3, 1, 4, 2, 3])  # classes 3, 13, ..., 53
+
+
+def test_without_a_near_table_the_draws_are_the_plain_ones() -> None:
+    # recorded with the sampler before it knew near tables (seed 11, 3 classes x 2)
+    expected = {(0, 0): ([0, 1, 12, 13, 10, 11], [3, 53, 43]), (0, 1): ([5, 5, 10, 11, 3, 2], [23, 43, 13]),
+                (2, 5): ([0, 1, 14, 13, 2, 4], [3, 53, 13])}
+    for near in (None, np.zeros((0, 2), np.int64), np.array([[3, 999]])):  # 999: no such class, ignored
+        s = ClassBatchSampler(NEAR_LABELS, 3, 2, seed=11, near=near)
+        for (e, i), (idx, cls) in expected.items():
+            b = s.batch(e, i)
+            assert b.indices.tolist() == idx and b.classes.tolist() == cls, (near, e, i)
+
+
+def test_near_classes_are_never_drawn_together() -> None:
+    near = np.array([[3, 13], [23, 33]])  # classes 0-1 and 2-3 (by position) are near
+    s = ClassBatchSampler(NEAR_LABELS, 3, 2, seed=4, near=near)
+    seen = set()
+    for i in range(200):
+        b = s.batch(0, i)
+        check_batch(b, NEAR_LABELS, 3, 2)
+        cls = set(b.classes.tolist())
+        assert not {3, 13} <= cls and not {23, 33} <= cls, cls
+        seen |= cls
+    assert seen == set(np.unique(NEAR_LABELS).tolist())  # every class still takes part
+
+
+def test_the_greedy_draw_by_hand() -> None:
+    s = ClassBatchSampler(NEAR_LABELS, 3, 2, seed=0, near=np.array([[13, 3], [23, 33]]))
+    # order 1, 0, 2, 4, ...: 1 taken (0 now blocked), 0 skipped, 2 taken (3 blocked), 4 taken
+    assert s._take_apart(np.array([1, 0, 2, 4, 3, 5])).tolist() == [1, 2, 4]
+    assert s._take_apart(np.array([3, 2, 5, 0])).tolist() == [3, 5, 0]
+
+
+def test_a_near_table_that_cannot_fill_a_batch_is_refused() -> None:
+    lab = np.repeat([0, 1, 2, 3], 2)
+    with pytest.raises(ValueError, match="only 2 of the 4 classes could be drawn with none near another"):
+        ClassBatchSampler(lab, 3, 2, seed=0, near=np.array([[0, 1], [2, 3]]))
+
+
+def test_near_and_holdout_together() -> None:
+    usable = np.ones(len(NEAR_LABELS), bool)
+    usable[NEAR_LABELS == 53] = False  # class 53 held out: a near pair naming it is ignored
+    s = ClassBatchSampler(NEAR_LABELS, 2, 2, seed=1, usable=usable, near=np.array([[3, 13], [13, 53]]))
+    for i in range(50):
+        b = s.batch(1, i)
+        assert usable[b.indices].all() and not {3, 13} <= set(b.classes.tolist())

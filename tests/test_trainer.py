@@ -21,7 +21,7 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.models import load
 from descbal.models.checkpoint import read_checkpoint
 from descbal.train.config import ModelConfig, RunConfig
-from descbal.train.trainer import Trainer, resume_run, start_run
+from descbal.train.trainer import Trainer, geometry_line, resume_run, start_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,6 +194,7 @@ def test_log_lines_per_phase_and_validation(cfg: RunConfig, reference, tmp_path:
     fprs = [r["val_fpr95"] for r in reference[1].validation]
     assert lines == [
         f"validation: FPR95 each epoch on {cfg.data.val} (40 pairs)",
+        geometry_line(None),  # the synthetic sets record no geometry
         "phase main: 6 steps (2 x 3) of 8 classes x 3 patches; loss triplet, miner hardest, reducer mean, lr_max 0.003",
         f"phase main epoch 1: validation FPR95 {100 * fprs[0]:.2f} %",
         f"phase main epoch 2: validation FPR95 {100 * fprs[1]:.2f} %",

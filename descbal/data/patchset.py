@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +292,108 @@ def _redraw_near(uniq: NDArray[np.int64], c1: NDArray[np.int64], c2: NDArray[np.
         c2[bad] = (c1[bad] + rng.integers(1, len(uniq), k)) % len(uniq)
     bad = np.array([(int(uniq[a]), int(uniq[b])) in pairs for a, b in zip(c1, c2, strict=True)], bool)
     return c1[~bad], c2[~bad]
+
+
+@dataclass(frozen=True)
+class CommonGeometry:
+    """The patch geometry several sets share (:func:`common_geometry`).
+
+    Attributes:
+        geometry: the geometry of the sets that record one (the first set's when ``mixed``);
+            None when none records one.
+        mixed: the sets record different geometries (allowed with ``allow_mixed``).
+        notes: log lines: sets of unknown geometry next to known ones, a mix allowed.
+    """
+
+    geometry: PatchGeometry | None
+    mixed: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def common_geometry(geometries: Sequence[PatchGeometry | None], names: Sequence[str], *,
+                    allow_mixed: bool = False) -> CommonGeometry:
+    """The geometry of sets combined (one run trains on all of them): the one every set that
+    records a geometry records. Sets of unknown geometry (Brown's) join any; sets of different
+    recorded geometries are refused unless ``allow_mixed`` (then the first one's is kept).
+
+    Args:
+        geometries: each set's :attr:`PatchSet.geometry`.
+        names: each set's name in messages (its file).
+
+    Raises:
+        BadInputError: two sets record different geometries (naming both and the fields that
+            differ) and ``allow_mixed`` is False.
+    """
+    known = [(n, g) for n, g in zip(names, geometries, strict=True) if g is not None]
+    if not known:
+        return CommonGeometry(None)
+    first_name, first = known[0]
+    notes: list[str] = []
+    mixed = False
+    for name, g in known[1:]:
+        if g == first:
+            continue
+        a, b = first.to_dict(), g.to_dict()
+        diff = ", ".join(f"{k} {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+        if not allow_mixed:
+            raise BadInputError(f"training sets of different patch geometries: {first_name} and {name} ({diff}); "
+                                "combine sets cut alike, or set data.mixed_geometry = true")
+        mixed = True
+        notes.append(f"{name} records another patch geometry than {first_name} ({diff}); mixed as "
+                     f"data.mixed_geometry allows, the run records {first_name}'s")
+    for name, g in zip(names, geometries, strict=True):
+        if g is None:
+            notes.append(f"{name} records no patch geometry; the run's geometry is {first_name}'s")
+    return CommonGeometry(first, mixed, tuple(notes))
+
+
+def concat_patchsets(sets: Sequence[PatchSet], names: Sequence[str] | None = None, *,
+                     allow_mixed_geometry: bool = False) -> PatchSet:
+    """One set holding ``sets`` in order (one set: returned as it is).
+
+    Patch ids and labels of set ``i`` are shifted so that they stay disjoint: patch ids by the
+    patches before it, labels by ``max(labels so far) + 1 - min(its labels)`` (its lowest label
+    follows the highest before it). ``pairs`` (patch ids) and ``near`` (labels) move with them;
+    ``holdout`` is concatenated with False for sets without one; each of ``pairs``, ``holdout``
+    and ``near`` is None when no set has it. The geometry is :func:`common_geometry`'s.
+
+    Args:
+        names: each set's name in messages (default: its ``name``).
+
+    Shape: N_i x (H, W) patches -> (sum N_i, H, W).
+
+    Raises:
+        BadInputError: no sets, patch sizes that differ (naming the file), or geometries that
+            differ (see :func:`common_geometry`).
+    """
+    if not sets:
+        raise BadInputError("no patch sets to combine")
+    names = [s.name for s in sets] if names is None else list(names)
+    geometry = common_geometry([s.geometry for s in sets], names, allow_mixed=allow_mixed_geometry).geometry
+    if len(sets) == 1:
+        return sets[0]
+    hw = sets[0].patches.shape[1:]
+    for name, s in zip(names, sets, strict=True):
+        if s.patches.shape[1:] != hw:
+            raise BadInputError(f"patches of {s.patches.shape[1]}x{s.patches.shape[2]} pixels, the first set "
+                                f"({names[0]}) has {hw[0]}x{hw[1]}; combined sets need one patch size", name)
+    labels, pairs, near, holdout = [], [], [], []
+    n_before, top = 0, None
+    for s in sets:
+        shift = 0 if top is None or not len(s.labels) else top + 1 - int(s.labels.min())
+        labels.append(s.labels + shift)
+        if len(s.labels):
+            top = int(labels[-1].max()) if top is None else max(top, int(labels[-1].max()))
+        if s.pairs is not None:
+            pairs.append(s.pairs + np.array([n_before, n_before, 0], np.int64))
+        if s.near is not None:
+            near.append(s.near + shift)
+        holdout.append(s.holdout if s.holdout is not None else np.zeros(len(s), bool))
+        n_before += len(s)
+    any_holdout = any(s.holdout is not None for s in sets)
+    return PatchSet(np.concatenate([s.patches for s in sets]), np.concatenate(labels),
+                    np.concatenate(pairs) if pairs else None, "+".join(s.name for s in sets),
+                    np.concatenate(holdout) if any_holdout else None, np.concatenate(near) if near else None, geometry)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ mutual-nearest-neighbour matches (:func:`descbal.match.mutual_nn`), then
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from numpy.typing import NDArray
 
 from descbal.data.sequences import list_sequence_folders, read_sequence
 from descbal.errors import BadInputError, DataMissingError
-from descbal.geometry import PatchGeometry, apply_homography
+from descbal.geometry import GeometryOptions, GeometrySpec, apply_homography
 from descbal.images import to_gray
 from descbal.models.resolve import ModelSpec, resolve_model
 from descbal.progress import Progress, or_no_progress
@@ -48,7 +49,11 @@ SPLITS = ("overall", "illumination", "viewpoint")
 class SequencesResult(JsonResult):
     """Matching on sequences with homographies, every model on every sequence.
 
-    ``models``: one ``{"name", "provenance", "thresholds", "num_features", "mma": {split: [10] |
+    ``geometry``: the geometry given (``mag`` / ``upright`` None: each model's own); per model,
+    ``geometry`` is the one used and ``geometry_source`` where it came from (option, model,
+    default: :func:`descbal.geometry.resolve_geometry`).
+
+    ``models``: one ``{"name", "provenance", "geometry", "geometry_source", "thresholds", "num_features", "mma": {split: [10] |
     None}, "num_matches": {split}, "homography_accuracy": {split: {"1", "3", "5"}}, "num_pairs":
     {split}, "pairs": [{"sequence", "k", "num_matches", "mma": [10], "corner_error"}],
     "seconds"}`` per model (splits: overall, illumination, viewpoint; MMA and accuracies are
@@ -133,7 +138,7 @@ def summarise(pairs: list[dict[str, Any]], num_features: list[int]) -> dict[str,
 
 
 def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detector: str = "sift",
-                       max_keypoints: int = 2048, geometry: PatchGeometry = PatchGeometry(), ratio: float | None = None,
+                       max_keypoints: int = 2048, geometry: GeometrySpec = GeometryOptions(), ratio: float | None = None,
                        device: str | torch.device = "auto", sequences: Sequence[str] | None = None,
                        names: Sequence[str] | None = None,
                        progress: Progress | None = None) -> SequencesResult:
@@ -144,6 +149,8 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
         models: model specs (:func:`descbal.models.resolve.resolve_model`: paths, published
             weights, architecture or classical descriptor names, ``NAME=SPEC``, nn.Modules), one
             result each; all are resolved before any work.
+        geometry: options (``mag`` / ``upright`` not given: each model's trained geometry, see
+            :func:`descbal.geometry.resolve_geometry`) or one full geometry for every model.
         sequences: only these sequence names (default: all, sorted).
         names: display names of the models (default: the resolver's display names).
         progress: ``progress("pairs", done, total)`` per image pair (all models together).
@@ -206,7 +213,8 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
                               "num_matches": int((m >= 0).sum()), "corner_error": ce})
                 done += 1
                 progress("pairs", done, total)
-        res = {"name": label, "provenance": ext.provenance, **summarise(pairs, n_feats)}
+        res = {"name": label, "provenance": ext.provenance, "geometry": dataclasses.asdict(ext.geometry),
+               "geometry_source": ext.geometry_source, **summarise(pairs, n_feats)}
         res["pairs"] = [{"sequence": p["sequence"], "k": p["k"], "num_matches": p["num_matches"],
                          "mma": mma_curve(p["errors"]),
                          "corner_error": p["corner_error"] if np.isfinite(p["corner_error"]) else None} for p in pairs]
@@ -214,7 +222,7 @@ def evaluate_sequences(root: str | Path, models: Sequence[ModelSpec], *, detecto
         results.append(res)
     return SequencesResult(root=str(root), sequences=[s.name for s in seqs], thresholds=list(THRESHOLDS),
                            homography_eps=list(HOMOGRAPHY_EPS), detector=detector, max_keypoints=max_keypoints,
-                           geometry={k: getattr(geometry, k) for k in geometry.__dataclass_fields__}, ratio=ratio,
+                           geometry=dataclasses.asdict(geometry), ratio=ratio,
                            models=results)
 
 

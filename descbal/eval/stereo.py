@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.sequences import THRESHOLDS, mma_curve
-from descbal.geometry import PatchGeometry
+from descbal.geometry import GeometryOptions, GeometrySpec
 from descbal.images import read_image, to_gray
 from descbal.models.resolve import ModelSpec, resolve_model
 from descbal.progress import Progress, or_no_progress
@@ -71,7 +71,7 @@ class StereoPair:
 class StereoResult(JsonResult):
     """Matching on a stereo pair, every model.
 
-    ``models``: one ``{"name", "provenance", "num_features": {"left", "left_valid", "right"},
+    ``models``: one ``{"name", "provenance", "geometry", "geometry_source", "num_features": {"left", "left_valid", "right"},
     "num_matches", "mma": [10] (fractions at ``thresholds`` px), "seconds"}`` per model.
     ``valid_disparity``: the fraction of pixels with a valid disparity.
     """
@@ -261,7 +261,7 @@ def open_stereo_pair(left: str | Path | None = None, right: str | Path | None = 
 
 
 def evaluate_stereo(pair: StereoPair, models: Sequence[ModelSpec], *, detector: str = "sift",
-                    max_keypoints: int = 2048, geometry: PatchGeometry = PatchGeometry(), ratio: float | None = None,
+                    max_keypoints: int = 2048, geometry: GeometrySpec = GeometryOptions(), ratio: float | None = None,
                     device: str | torch.device = "auto", names: Sequence[str] | None = None,
                     progress: Progress | None = None) -> StereoResult:
     """Detect, describe, match and score every model on a stereo pair (module docstring).
@@ -269,6 +269,8 @@ def evaluate_stereo(pair: StereoPair, models: Sequence[ModelSpec], *, detector: 
     Args:
         models: model specs (:func:`descbal.models.resolve.resolve_model`), all resolved before
             any work; ``names``: their display names (default: the resolver's).
+        geometry: options (``mag`` / ``upright`` not given: each model's trained geometry, see
+            :func:`descbal.geometry.resolve_geometry`) or one full geometry for every model.
         ratio: also apply Lowe's ratio test, in (0, 1].
         progress: ``progress("models", done, total)`` per model.
 
@@ -297,7 +299,8 @@ def evaluate_stereo(pair: StereoPair, models: Sequence[ModelSpec], *, detector: 
         keep = np.flatnonzero(valid_disparity(d))
         m, _ = mutual_nn(fl.descriptors[keep], fr.descriptors, ratio, ext.device)
         errors = stereo_errors(fl.keypoints[keep], fr.keypoints, m, d[keep])
-        results.append({"name": model.name, "provenance": ext.provenance,
+        results.append({"name": model.name, "provenance": ext.provenance, "geometry": asdict(ext.geometry),
+                        "geometry_source": ext.geometry_source,
                         "num_features": {"left": len(fl), "left_valid": int(len(keep)), "right": len(fr)},
                         "num_matches": int((m >= 0).sum()), "mma": mma_curve(errors),
                         "seconds": time.perf_counter() - t0})

@@ -24,9 +24,9 @@ from descbal.detectors import detect, get_detector
 from descbal.devices import resolve_device
 from descbal.extract.describers import PATCH_SIZE, load_describer
 from descbal.extract.writers import COMMIT_EVERY_IMAGES, COMMIT_EVERY_S, Features, open_writer
-from descbal.geometry import PatchGeometry, decode_keypoints
+from descbal.geometry import GeometryOptions, GeometrySpec, decode_keypoints, resolve_geometry
 from descbal.images import UnreadableImageError, fit_max_side, list_images, read_gray
-from descbal.models.resolve import ModelSpec
+from descbal.models.resolve import ModelSpec, resolve_model
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 
@@ -38,7 +38,9 @@ class ExtractConfig:
     model: str = "sift"  # any model spec (descbal.models.resolve): path, architecture, sift/rootsift, NAME=...
     detector: str = "sift"  # a name in descbal.detectors.DETECTORS that this OpenCV build has
     max_keypoints: int = 2048  # per image, strongest by response; 0 keeps all
-    geometry: PatchGeometry = field(default_factory=PatchGeometry)  # keypoint -> patch conventions
+    # keypoint -> patch conventions: options (mag / upright not given: the model's trained ones, else 5 / oriented)
+    # or a full PatchGeometry used as it is (descbal.geometry.resolve_geometry)
+    geometry: GeometrySpec = field(default_factory=GeometryOptions)
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1, ...
     batch_size: int = 1024  # patches per forward pass
     half: bool = False  # store descriptors as float16
@@ -78,7 +80,11 @@ class FeatureExtractor:
             any of these, an nn.Module or a resolved model).
         detector: a registered detector name (one this OpenCV build has).
         max_keypoints: keep the strongest by response (0: all).
-        geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints).
+        geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints):
+            :class:`~descbal.geometry.GeometryOptions`, whose ``mag`` and ``upright`` not given
+            come from the geometry the model was trained with, or a full
+            :class:`~descbal.geometry.PatchGeometry` (:func:`~descbal.geometry.resolve_geometry`;
+            the result: ``self.geometry``, ``self.geometry_source``, both in the provenance).
         device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
         bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
         max_size: detect and describe on the image downscaled so that its longer side is
@@ -91,7 +97,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, model: ModelSpec = "sift", detector: str = "sift", max_keypoints: int = 2048,
-                 geometry: PatchGeometry = PatchGeometry(), device: str | torch.device = "auto",
+                 geometry: GeometrySpec = GeometryOptions(), device: str | torch.device = "auto",
                  batch_size: int = 1024, bf16: bool = False, max_size: int | None = None) -> None:
         get_detector(detector)  # fail before loading the model
         if max_keypoints < 0:
@@ -102,8 +108,9 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.detector = detector
         self.max_keypoints = max_keypoints
-        self.geometry = geometry
-        self.describer = load_describer(model, geometry, self.device, batch_size, bf16)
+        resolved = resolve_model(model)
+        self.geometry, self.geometry_source = resolve_geometry(geometry, resolved.geometry)
+        self.describer = load_describer(resolved, self.geometry, self.device, batch_size, bf16)
 
     @classmethod
     def from_config(cls, cfg: ExtractConfig) -> FeatureExtractor:
@@ -112,10 +119,12 @@ class FeatureExtractor:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """What produced the features: model, weights SHA-256, geometry, detector, versions."""
+        """What produced the features: model, weights SHA-256, geometry and where it came from
+        (``geometry_source``: option, model or default), detector, versions."""
         from descbal import __version__
 
         return {**self.describer.provenance, "geometry": dataclasses.asdict(self.geometry),
+                "geometry_source": self.geometry_source,
                 "detector": {"name": self.detector, "max_keypoints": self.max_keypoints}, "patch_size": PATCH_SIZE,
                 "max_size": self.max_size,
                 "descbal_version": __version__, "opencv_version": cv2.__version__, "torch_version": torch.__version__}

@@ -56,7 +56,9 @@ COMMIT_EVERY_S = 60.0
 #: A commit copies the file, so commits are also spaced to take at most this share of the run's
 #: time (a large file extracted quickly commits less often than every COMMIT_EVERY_IMAGES).
 COMMIT_MAX_SHARE = 0.1
-#: Provenance keys that must agree for a resumed run to append to an existing output.
+#: Provenance keys that must agree for a resumed run to append to an existing output. Not
+#: ``geometry_source``: the features depend on the geometry's values, not on whether a --mag or
+#: the model's checkpoint gave them (and files written before it existed lack it).
 MATCHING_KEYS = ("model", "weights_sha256", "geometry", "detector", "patch_size", "descriptors_dtype", "compute_dtype",
                  "max_size")
 #: Values of provenance keys that files written before the key existed implicitly had.

@@ -3,6 +3,10 @@
 descbal checkpoints are ``torch.save`` dictionaries holding only tensors and plain values
 (``descbal_format``, ``arch``, ``config``, ``input_scale``, ``state_dict`` and optional extra
 metadata), always read with ``torch.load(weights_only=True)``: no pickled code is executed.
+A trained model's checkpoint also records the patch geometry it was trained with
+(``patch_geometry``: :meth:`PatchGeometry.to_dict`, absent when unknown; ``mixed_geometry:
+True`` when its training sets disagreed and the first one's is recorded), see
+:func:`geometry_entries` and :func:`checkpoint_geometry`.
 
 :func:`load` also reads published weights of other projects and recognises the architecture
 from the state-dict keys: TFeat ``.params`` files, and the key layouts of the HardNet, HyNet and
@@ -15,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,14 +29,43 @@ import descbal.models.hynet  # noqa: F401
 import descbal.models.tfeat  # noqa: F401
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import atomic_path
+from descbal.geometry import PatchGeometry
 from descbal.models.registry import build_model
 
 FORMAT = 1
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "S_state_dict", "net")
 
 
+#: The checkpoint key of the training patches' geometry, and of the flag saying their sets disagreed.
+GEOMETRY_KEY, MIXED_GEOMETRY_KEY = "patch_geometry", "mixed_geometry"
+
+
+def geometry_entries(geometry: PatchGeometry | None, mixed: bool = False) -> dict[str, Any]:
+    """The checkpoint entries recording a training geometry: none when it is unknown."""
+    if geometry is None:
+        return {}
+    return {GEOMETRY_KEY: geometry.to_dict(), **({MIXED_GEOMETRY_KEY: True} if mixed else {})}
+
+
+def checkpoint_geometry(doc: Mapping[str, Any], path: str | Path | None = None) -> PatchGeometry | None:
+    """The training geometry a checkpoint dictionary records (None: none, as in checkpoints
+    written before descbal recorded it).
+
+    Raises:
+        BadInputError: an unreadable ``patch_geometry`` entry.
+    """
+    raw = doc.get(GEOMETRY_KEY)
+    if raw is None:
+        return None
+    try:
+        return PatchGeometry.from_dict(dict(raw))
+    except (ValueError, TypeError) as e:
+        raise BadInputError(f"unreadable {GEOMETRY_KEY!r} entry ({e})", path) from None
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> None:
-    """Write ``model`` (a registered architecture) and ``extra`` metadata atomically."""
+    """Write ``model`` (a registered architecture) and ``extra`` metadata atomically (a trained
+    model's geometry: ``**geometry_entries(geometry)``)."""
     doc = {
         "descbal_format": FORMAT,
         "arch": model.arch,  # type: ignore[attr-defined]
@@ -127,9 +160,20 @@ def load(path: str | Path) -> nn.Module:
     return load_weights(path)[0]
 
 
-def load_weights(path: str | Path) -> tuple[nn.Module, Path, bool]:
-    """:func:`load`, also returning the file read (:func:`resolve_path`) and whether it is a
-    descbal checkpoint (False: published weights recognised by their keys)."""
+class LoadedWeights(NamedTuple):
+    """What :func:`load_weights` read: the model, the file (:func:`resolve_path`), whether it is
+    a descbal checkpoint (False: published weights recognised by their keys) and the patch
+    geometry the checkpoint records (None: published weights, or none recorded)."""
+
+    model: nn.Module
+    file: Path
+    is_descbal: bool
+    geometry: PatchGeometry | None
+
+
+def load_weights(path: str | Path) -> LoadedWeights:
+    """:func:`load`, also returning the file read, its kind and its training geometry
+    (:class:`LoadedWeights`)."""
     file = resolve_path(path)
     obj = read_checkpoint(file)
     is_descbal = obj.get("descbal_format") is not None
@@ -161,4 +205,4 @@ def load_weights(path: str | Path) -> tuple[nn.Module, Path, bool]:
         raise BadInputError(f"weights do not fit {model.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}", path)
     if scale is not None:
         model.input_scale = float(scale)  # type: ignore[assignment]
-    return model, file, is_descbal
+    return LoadedWeights(model, file, is_descbal, checkpoint_geometry(obj, file) if is_descbal else None)

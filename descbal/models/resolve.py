@@ -35,6 +35,7 @@ from torch import nn
 from descbal.classical import CLASSICAL
 from descbal.errors import BadInputError, DataMissingError
 from descbal.fileio import sha256_file, sha256_hex
+from descbal.geometry import PatchGeometry
 from descbal.models.checkpoint import load_weights
 from descbal.models.registry import MODELS, build_model
 
@@ -58,6 +59,9 @@ class ResolvedModel:
         weights_sha256: hex SHA-256 of the weights file (checkpoint, published) or of the
             state dict (architecture, :func:`state_dict_sha256`); None otherwise.
         seed: the torch seed of an architecture's weights, else None.
+        geometry: the patch geometry a descbal checkpoint's model was trained with (its
+            ``patch_geometry``); None for published weights, architectures, classical
+            descriptors, modules and checkpoints that record none.
     """
 
     name: str
@@ -67,6 +71,7 @@ class ResolvedModel:
     source: Path | None = None
     weights_sha256: str | None = None
     seed: int | None = None
+    geometry: PatchGeometry | None = None
 
     @property
     def arch(self) -> str | None:
@@ -157,13 +162,13 @@ def resolve_model(spec: ModelSpec, *, seed: int = 0, name: str | None = None) ->
     name = name or given
     path = Path(target)
     if path.exists():
-        net, file, is_descbal = load_weights(path)
+        net, file, is_descbal, geometry = load_weights(path)
         try:
             sha = sha256_file(file)
         except OSError as e:
             raise BadInputError(f"cannot read weights ({e})", file) from None
         return ResolvedModel(name or display_name(path), "checkpoint" if is_descbal else "published", network=net,
-                             source=file, weights_sha256=sha)
+                             source=file, weights_sha256=sha, geometry=geometry)
     if target in CLASSICAL:
         return ResolvedModel(name or target, "classical", classical=target)
     if target in MODELS:

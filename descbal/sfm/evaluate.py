@@ -298,13 +298,16 @@ def plot_top_view(gt: GroundTruth, rows: list[SfmMetrics], path: str | Path, siz
 @dataclass
 class SfmEvalResult(JsonResult):
     """``descbal eval sfm``: one row per scene and model, then one ``overall`` row per model;
-    the PNG written per scene; where the reconstructions are."""
+    the PNG written per scene; where the reconstructions are; per model, the patch geometry its
+    features were extracted with and where it came from (``{"geometry", "geometry_source"}``:
+    option, model or default)."""
 
     out: str
     scenes: list[str]
     models: list[str]
     rows: list[SfmMetrics]
     plots: list[str]
+    geometries: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def scene_dirs(paths: list[str | Path]) -> list[Path]:
@@ -334,7 +337,8 @@ def evaluate_sfm(scenes: list[str | Path], models: list[str], out: str | Path,
     Args:
         scenes: scene folders, or folders of scenes (:func:`scene_dirs`).
         models: model specs (``descbal.models.resolve``); the display name names the folder.
-        cfg: the reconstruction options (its ``extract.model`` is replaced by each model).
+        cfg: the reconstruction options (its ``extract.model`` is replaced by each model; with
+            geometry options, each model's geometry is its own unless ``mag`` / ``upright`` are given).
         plot: write ``out/<scene>.png``.
 
     Raises:
@@ -357,6 +361,7 @@ def evaluate_sfm(scenes: list[str | Path], models: list[str], out: str | Path,
     errs: dict[str, list[_Errors]] = {n: [] for n in names}
     per_model: dict[str, list[SfmMetrics]] = {n: [] for n in names}
     plots: list[str] = []
+    geometries: dict[str, dict[str, Any]] = {}
     for gt in gts:
         scene_rows = []
         for spec, name in zip(models, names, strict=True):
@@ -364,6 +369,7 @@ def evaluate_sfm(scenes: list[str | Path], models: list[str], out: str | Path,
             where = out / gt.scene / name
             t0 = time.perf_counter()
             res = reconstruct(gt.images_dir, where, run_cfg, overwrite=overwrite, progress=progress, verbose=verbose)
+            geometries[name] = {"geometry": res.options["extract"]["geometry"], "geometry_source": res.geometry_source}
             secs = sum(res.seconds.values()) if not res.resumed else time.perf_counter() - t0
             rec = load_model(res.model) if res.model is not None else None
             m, e = evaluate_reconstruction(rec, gt, name, secs, res.model)
@@ -377,4 +383,5 @@ def evaluate_sfm(scenes: list[str | Path], models: list[str], out: str | Path,
             plots.append(str(path))
     if len(gts) > 1:
         rows.extend(_overall(n, per_model[n], errs[n]) for n in names)
-    return SfmEvalResult(out=str(out), scenes=[gt.scene for gt in gts], models=names, rows=rows, plots=plots)
+    return SfmEvalResult(out=str(out), scenes=[gt.scene for gt in gts], models=names, rows=rows, plots=plots,
+                         geometries=geometries)

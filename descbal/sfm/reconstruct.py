@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from descbal.errors import BadInputError, list_names
-from descbal.extract.pipeline import ExtractConfig, extract_folder
+from descbal.extract.pipeline import ExtractConfig, FeatureExtractor, extract_folder
 from descbal.fileio import write_text_atomic
 from descbal.images import list_images
 from descbal.match import match_features, read_pairs
@@ -70,7 +70,8 @@ class ReconstructResult(JsonResult):
     """What :func:`reconstruct` did (``OUT/summary.json``): images found and registered in the
     largest model, its 3D points, mean track length and mean reprojection error (px), pairs
     matched and how they were chosen, keypoints, inlier pairs, seconds per stage (0 for a stage
-    already done: listed in ``resumed``), and the resolved options."""
+    already done: listed in ``resumed``), the resolved options (``extract.geometry``: the geometry
+    used), and where that geometry came from (``geometry_source``: option, model or default)."""
 
     images_dir: str
     out: str
@@ -87,6 +88,7 @@ class ReconstructResult(JsonResult):
     seconds: dict[str, float]
     resumed: list[str]
     options: dict[str, Any]
+    geometry_source: str = "default"
 
 
 def make_pairs(features: str | Path, names: list[str], exhaustive_max: int = 50,
@@ -148,7 +150,8 @@ def reconstruct(images_dir: str | Path, out: str | Path, cfg: ReconstructConfig 
     """Reconstruct the images under ``images_dir`` into ``out`` (see the module docstring).
 
     Args:
-        cfg: extraction (model, detector, ``max_size``...), pairing, matching and camera options.
+        cfg: extraction (model, detector, ``max_size``, geometry: by default the model's trained
+            one...), pairing, matching and camera options.
         overwrite: delete what ``out`` holds of an earlier run and start afresh.
         progress: per stage: ``images`` (extraction), ``pairs`` (matching), ``database``,
             ``verify``, ``mapping``.
@@ -174,7 +177,10 @@ def reconstruct(images_dir: str | Path, out: str | Path, cfg: ReconstructConfig 
     given_pairs = read_pairs(cfg.pairs) if cfg.pairs is not None else None
     if given_pairs is not None:
         _check_pairs(given_pairs, names, str(cfg.pairs))
+    extractor = FeatureExtractor.from_config(cfg.extract)  # the model, and the geometry it was trained with
     options = cfg.to_json()
+    # the geometry used, as resolved for this model (also what runs stored before models recorded one)
+    options["extract"]["geometry"] = dataclasses.asdict(extractor.geometry)
     cfg_file = out / CONFIG
     if overwrite and out.is_dir():
         for name in (FEATURES, PAIRS, MATCHES, DATABASE, SUMMARY, CONFIG):
@@ -192,7 +198,7 @@ def reconstruct(images_dir: str | Path, out: str | Path, cfg: ReconstructConfig 
     seconds: dict[str, float] = {}
     resumed: list[str] = []
     t = time.perf_counter()
-    ext = extract_folder(images_dir, out / FEATURES, cfg.extract, progress=progress)
+    ext = extract_folder(images_dir, out / FEATURES, cfg.extract, progress=progress, extractor=extractor)
     seconds["extract"] = time.perf_counter() - t
     if ext.failed:
         raise BadInputError(f"{len(ext.failed)} image(s) gave no features:"
@@ -246,7 +252,7 @@ def reconstruct(images_dir: str | Path, out: str | Path, cfg: ReconstructConfig 
         mean_track_length=float(rec.compute_mean_track_length()) if rec is not None else 0.0,
         mean_reprojection_error=float(rec.compute_mean_reprojection_error()) if rec is not None else 0.0,
         pairs=len(pair_list), pairing=pairing, keypoints=_num_keypoints(out / FEATURES), verified_pairs=verified,
-        seconds=seconds, resumed=resumed, options=options)
+        seconds=seconds, resumed=resumed, options=options, geometry_source=extractor.geometry_source)
     write_text_atomic(out / SUMMARY, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 

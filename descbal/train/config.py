@@ -22,11 +22,23 @@ class DataConfig:
     training set's own held-out pairs when it has them (a pool of ``descbal cache images``:
     ``pairs`` among ``holdout`` patches, which training never samples), else not at all;
     ``"none"`` (:data:`NO_VAL`) never validates.
+
+    ``train`` may list several caches (``train = ["pool.h5", "liberty.h5"]``): they are combined
+    (:func:`descbal.data.patchset.concat_patchsets`: labels kept apart), and must record one patch
+    geometry, or none (Brown's), unless ``mixed_geometry``.
     """
 
-    train: str = ""  # path to the training cache (patches, labels)
+    train: str | list[str] = ""  # the training cache (patches, labels), or a list of them: one run on all
     val: str = ""  # validation cache with 'pairs'; "": the training set's held-out pairs, if any; "none": off
     val_pairs: int = 0  # use only the first N validation pairs (0 = all)
+    mixed_geometry: bool = False  # allow training sets of different recorded patch geometries (else refused)
+
+    @property
+    def train_paths(self) -> list[str]:
+        """``train`` as a list of paths (a string is one set; "" none): the one place it is normalised."""
+        if isinstance(self.train, str):
+            return [self.train] if self.train else []
+        return list(self.train)
 
 
 @dataclass(frozen=True)

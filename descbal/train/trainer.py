@@ -34,13 +34,14 @@ from torch import nn
 
 import descbal
 from descbal.config import dump_toml, load_config, to_dict
-from descbal.data.patchset import PatchSet, load_patchset
+from descbal.data.patchset import CommonGeometry, PatchSet, common_geometry, concat_patchsets, load_patchset
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, write_text_atomic
+from descbal.geometry import PatchGeometry
 from descbal.models import build_model
-from descbal.models.checkpoint import FORMAT, read_checkpoint
+from descbal.models.checkpoint import FORMAT, geometry_entries, read_checkpoint
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 from descbal.train.augment import network_input, sample_params
@@ -94,16 +95,24 @@ class Trainer:
         run_dir: output folder (created).
         train_set: patches (N, 64, 64) uint8 with labels; ``val_set``: with ``pairs``.
         val_note: the line :meth:`fit` logs first, saying what validates (:func:`validation_set`).
+        data_notes: lines :meth:`fit` logs before it (how the training sets were combined).
+        mixed_geometry: the training sets recorded different patch geometries (checkpoints say
+            so next to ``train_set.geometry``, the first set's).
+
+    Checkpoints and ``model.pt`` record ``train_set.geometry`` as ``patch_geometry`` (absent when
+    unknown), which extraction and evaluation then use by default.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, train_set: PatchSet, val_set: PatchSet | None = None,
-                 val_note: str | None = None) -> None:
+                 val_note: str | None = None, *, data_notes: Sequence[str] = (), mixed_geometry: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.loop.device)
         self.train_set = train_set
         self.val_set = val_set
         self.val_note = val_note
+        self.data_notes = tuple(data_notes)
+        self.mixed_geometry = mixed_geometry
         if cfg.loop.seed < 0:
             raise BadInputError("config: loop.seed must be >= 0")
         torch.manual_seed(cfg.loop.seed)  # the initial weights derive from the seed too
@@ -140,7 +149,7 @@ class Trainer:
         try:
             usable = None if self.train_set.holdout is None else ~self.train_set.holdout
             self.sampler = ClassBatchSampler(self.train_set.labels, ph.classes_per_batch, ph.npos,
-                                             self.cfg.loop.seed + 1_000_003 * self.phase, usable)
+                                             self.cfg.loop.seed + 1_000_003 * self.phase, usable, self.train_set.near)
         except ValueError as e:
             raise BadInputError(f"phase {ph.name}: {e}") from None
         ph.pipeline.to(self.device)
@@ -167,8 +176,12 @@ class Trainer:
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "phase": self.phase, "epoch": self.epoch,
             "iteration": self.iteration, "loss_state": self._loss_state(),
-            "run_config": dump_toml(to_dict(self.cfg)),
+            "run_config": dump_toml(to_dict(self.cfg)), **self._geometry_doc(),
         }
+
+    def _geometry_doc(self) -> dict[str, Any]:
+        """The checkpoint keys recording the training patches' geometry (none when unknown)."""
+        return geometry_entries(self.train_set.geometry, self.mixed_geometry)
 
     def _loss_state(self) -> dict[str, Any]:
         """State of the phases' loss pipelines (a memory bank, a threshold, a head), keyed by phase index."""
@@ -250,9 +263,10 @@ class Trainer:
 
         ``progress("train", step, total_steps, stats)`` is called after every step (stats: loss,
         lr, patches, patches/s on logged steps, the pipeline's statistics); ``log`` gets the
-        trainer's ``val_note`` first (what validates), one line when a phase starts and one per
-        validation. On Ctrl-C the current step finishes,
-        ``checkpoints/last.pt`` is written and KeyboardInterrupt is raised.
+        trainer's ``val_note`` first (what validates), its ``data_notes`` and the patch geometry
+        (:func:`geometry_line`), one line when a phase starts and one per validation. On Ctrl-C
+        the current step finishes, ``checkpoints/last.pt`` is written and KeyboardInterrupt is
+        raised.
         """
         progress = or_no_progress(progress)
         say = log or (lambda line: None)
@@ -273,6 +287,9 @@ class Trainer:
         history: list[dict[str, Any]] = []
         if self.val_note:
             say(self.val_note)
+        for line in self.data_notes:
+            say(line)
+        say(geometry_line(self.train_set.geometry, self.mixed_geometry))
         try:
             while self.phase < len(self.phases):
                 ph = self.phases[self.phase]
@@ -315,9 +332,19 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         from descbal.models.checkpoint import save_checkpoint
 
-        save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)))
+        save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)),
+                        **self._geometry_doc())
         return TrainSummary(False, self.total_steps, time.perf_counter() - start, tuple(history),
                             str(self.run_dir / "model.pt"))
+
+
+def geometry_line(geometry: PatchGeometry | None, mixed: bool = False) -> str:
+    """The line :meth:`Trainer.fit` logs about the training patches' geometry."""
+    if geometry is None:
+        return ("patch geometry: unknown (no training set records one); models of this run extract with the "
+                "default geometry unless --mag is given")
+    fields = ", ".join(f"{k} {v}" for k, v in geometry.to_dict().items())
+    return f"patch geometry: {fields}{' (sets of mixed geometries)' if mixed else ''}; recorded in the checkpoints"
 
 
 def phase_line(ph: Phase) -> str:
@@ -360,16 +387,49 @@ def _pairs_used(n: int, limit: int) -> int:
     return min(n, limit) if limit > 0 else n
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The training sets of a run, combined (:func:`load_training_data`).
+
+    ``train``: the one set trained on; ``geometry``: its sets' common patch geometry
+    (:func:`descbal.data.patchset.common_geometry`: ``mixed``, and the log ``notes``).
+    """
+
+    train: PatchSet
+    geometry: CommonGeometry
+
+
+def load_training_data(data: DataConfig) -> TrainingData:
+    """Read ``data.train`` (one or several caches) and combine the sets
+    (:func:`~descbal.data.patchset.concat_patchsets`).
+
+    Raises:
+        BadInputError: no training data, sets of different patch sizes, or of different
+            recorded geometries without ``data.mixed_geometry`` (naming both files).
+        DataMissingError: a cache that does not exist.
+    """
+    paths = data.train_paths
+    if not paths:
+        raise BadInputError("no training data: give --data or set data.train")
+    sets = [load_patchset(p) for p in paths]
+    names = [Path(p).name for p in paths]
+    common = common_geometry([s.geometry for s in sets], names, allow_mixed=data.mixed_geometry)
+    return TrainingData(concat_patchsets(sets, paths, allow_mixed_geometry=data.mixed_geometry), common)
+
+
+def _trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
+    data = load_training_data(cfg.data)
+    val, note = validation_set(cfg.data, data.train)
+    return Trainer(cfg, run_dir, data.train, val, val_note=note, data_notes=data.geometry.notes,
+                   mixed_geometry=data.geometry.mixed)
+
+
 def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
     """Create a run folder (resolved config, environment) and a trainer at step 0."""
     run_dir = Path(run_dir)
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise BadInputError("run folder already holds a run; use --resume to continue it", run_dir)
-    if not cfg.data.train:
-        raise BadInputError("no training data: give --data or set data.train")
-    train = load_patchset(cfg.data.train)
-    val, note = validation_set(cfg.data, train)
-    trainer = Trainer(cfg, run_dir, train, val, val_note=note)
+    trainer = _trainer(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
     write_text_atomic(run_dir / "environment.json", json.dumps(environment(trainer.device), indent=2) + "\n")
@@ -385,20 +445,19 @@ def resume_run(run_dir: str | Path) -> Trainer:
     if not ckpt.is_file():
         raise DataMissingError("no checkpoints/last.pt to resume from", run_dir)
     cfg = load_config(RunConfig, run_dir / "config.toml")
-    train = load_patchset(cfg.data.train)
-    val, note = validation_set(cfg.data, train)
-    trainer = Trainer(cfg, run_dir, train, val, val_note=note)
+    trainer = _trainer(cfg, run_dir)
     trainer.load_state(ckpt)
     return trainer
 
 
 def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
-             config: str | Path | None = None, overrides: Sequence[str] = (), data: str | Path | None = None,
+             config: str | Path | None = None, overrides: Sequence[str] = (),
+             data: str | Path | Sequence[str | Path] | None = None,
              val: str | Path | None = None, seed: int | None = None, device: str | None = None,
              no_val: bool = False) -> Trainer:
     """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
     or started in ``out`` from the config resolved as recipe < config < overrides <
-    data/val/seed/device (:func:`descbal.run_config.resolve_run_config`; ``no_val``: no
+    data (one or several training sets)/val/seed/device (:func:`descbal.run_config.resolve_run_config`; ``no_val``: no
     validation)."""
     from descbal.run_config import resolve_run_config
 
