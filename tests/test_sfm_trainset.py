@@ -314,3 +314,27 @@ def test_cli_builds_skips_when_current_and_reports_bad_inputs(box: Box, tmp_path
     assert not np.isin(ex["image_id"], [4, 6]).any()
     res = runner.invoke(app, [*args, "--strict"])
     assert res.exit_code == 1 and json.loads(res.stdout)["skipped"] is True  # up to date, still without them
+
+
+def test_a_descbal_reconstruction_with_its_features(tmp_path: Path) -> None:
+    """descbal reconstruct's OUT as the input: its model/ and features.h5 (DoG scales and
+    orientations, keypoint i = points2D i, +0.5 px in COLMAP) are found and agree."""
+    from descbal.extract.pipeline import ExtractConfig
+    from descbal.sfm import ReconstructConfig, reconstruct
+
+    render_box_scene(tmp_path / "images", num_views=6, size=(480, 360))
+    reconstruct(tmp_path / "images", tmp_path / "out",
+                ReconstructConfig(extract=ExtractConfig(model="sift", max_keypoints=1024, device="cpu")))
+    (inp,) = sfm_inputs([tmp_path / "out"], images=tmp_path / "images")
+    assert inp.features == tmp_path / "out" / "features.h5" and inp.scene == "out"
+    ps, ex, skipped = build_sfm_set([inp], SfmSetConfig())
+    assert skipped == [] and len(np.unique(ps.labels)) > 100
+    rec = pycolmap.Reconstruction(tmp_path / "out" / "model")
+    with h5py.File(inp.features, "r") as h5:
+        for k in range(0, len(ps), 7):
+            im = rec.images[int(ex["image_id"][k])]
+            point = rec.points3D[int(ex["point3d_id"][k])]
+            (j,) = [e.point2D_idx for e in point.track.elements if e.image_id == im.image_id]
+            g = h5[im.name]
+            assert ex["keypoint"][k].tolist() == [*g["keypoints"][j].tolist(), g["scales"][j], g["oris"][j]]
+            np.testing.assert_allclose(ex["keypoint"][k, :2], im.points2D[j].xy - 0.5, atol=1e-3)
