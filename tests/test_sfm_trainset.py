@@ -204,6 +204,21 @@ def test_labels_tracks_reprojection_and_holdout(box: Box) -> None:
     assert np.array_equal(again.pairs, ps.pairs) and np.array_equal(again.patches, ps.patches)  # seeded
 
 
+def test_max_points_keeps_a_seeded_subset_of_points(box: Box) -> None:
+    inputs = sfm_inputs([box.text], images=box.images)
+    full, ex_full, _ = build_sfm_set(inputs, SfmSetConfig())
+    ps, ex, _ = build_sfm_set(inputs, SfmSetConfig(max_points=10, seed=5))
+    assert np.array_equal(np.unique(ps.labels), np.arange(10))
+    kept = np.unique(ex["point3d_id"])
+    assert len(kept) == 10 and np.isin(kept, ex_full["point3d_id"]).all()
+    for pid in kept:  # whole tracks, the same patches as in the full set
+        np.testing.assert_array_equal(ps.patches[ex["point3d_id"] == pid], full.patches[ex_full["point3d_id"] == pid])
+    again, ex2, _ = build_sfm_set(inputs, SfmSetConfig(max_points=10, seed=5))
+    assert np.array_equal(ex2["point3d_id"], ex["point3d_id"])
+    other, ex3, _ = build_sfm_set(inputs, SfmSetConfig(max_points=10, seed=6))
+    assert not np.array_equal(np.unique(ex3["point3d_id"]), kept)
+
+
 def test_near_points_are_recorded_and_never_held_out_non_matches(box: Box, tmp_path: Path) -> None:
     """(3) two points 1 px apart, and one point split into two tracks that share no image, are
     near; the table is exactly the definition's; no held-out non-match joins near points;
