@@ -563,6 +563,60 @@ def cache_images_cmd(
     _finish_skipped(result, strict, quiet)
 
 
+@cache_app.command("sfm")
+@handle_errors
+def cache_sfm_cmd(
+    reconstructions: Annotated[list[str], typer.Argument(
+        help="COLMAP models (binary or text; a descbal reconstruct output folder is read as its model/), each MODEL "
+             "or MODEL=IMAGES; several are merged, each a scene.")],
+    out: Annotated[Path, out_option("Output training set (.h5, Brown schema + holdout, near, per-patch sightings).")],
+    images: Annotated[Path | None, typer.Option("--images", help="The image folder of the reconstructions given "
+                                                "without =IMAGES.")] = None,
+    features: Annotated[Path | None, typer.Option("--features", help="The hloc features file the model was built "
+                                                  "from (one reconstruction; default: features.h5 beside the model "
+                                                  "folder, when present).")] = None,
+    min_track: Annotated[int, typer.Option("--min-track", help="Sightings a 3D point needs.")] = 3,
+    max_reproj: Annotated[float, typer.Option("--max-reproj", help="Largest reprojection error (px) of a point and "
+                                              "of each sighting used.")] = 2.0,
+    holdout: Annotated[float, typer.Option(help="Fraction of 3D points held out for the FPR95 pairs.")] = 0.1,
+    holdout_scene: Annotated[str | None, typer.Option("--holdout-scene", help="Hold out every point of this scene "
+                                                      "instead.")] = None,
+    num_pairs: Annotated[int, typer.Option("--num-pairs", help="Held-out verification pairs (half matching).")]
+    = 10000,
+    mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
+    ref_scale: Annotated[float, typer.Option("--ref-scale", help="Without feature scales: the diameter (px) of a "
+                                             "point's reference sighting; the others by depth.")] = 12.0,
+    near_px: Annotated[float, typer.Option("--near-px", help="3D points this close (px) in an image are near: never "
+                                           "negatives of each other.")] = 3.0,
+    keep_near: Annotated[bool, typer.Option("--keep-near", help="Write no near table (Brown's behaviour).")] = False,
+    max_points: Annotated[int, typer.Option("--max-points", help="At most this many 3D points, a seeded subset "
+                                            "(0: all).")] = 0,
+    seed: Annotated[int, seed_option()] = 0,
+    overwrite: OverwriteOpt = False, strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Brown-style training patches from COLMAP reconstructions: one class per 3D point, one
+    patch per sighting; held-out points give the FPR95 pairs. Unreadable images are skipped with
+    a warning (exit 1 with --strict)."""
+    from descbal.console import emit_json, progress_reporter, show
+    from descbal.errors import BadInputError
+    from descbal.geometry import PatchGeometry
+    from descbal.report import sfm_set_report
+    from descbal.sfm.trainset import SfmSetConfig, cache_sfm, sfm_inputs
+
+    try:
+        cfg = SfmSetConfig(seed=seed, min_track=min_track, max_reproj=max_reproj, holdout_fraction=holdout,
+                           holdout_scene=holdout_scene, pairs=num_pairs, geometry=PatchGeometry(mag=mag),
+                           ref_scale=ref_scale, near_px=near_px, keep_near=keep_near, max_points=max_points)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
+    inputs = sfm_inputs(reconstructions, images, features)
+    with progress_reporter(quiet) as progress:
+        result = cache_sfm(inputs, out, cfg, overwrite=overwrite, progress=progress)
+    show(sfm_set_report(result), quiet)
+    emit_json(result.to_json(), json_out)
+    _finish_skipped(result, strict, quiet)
+
+
 @app.command("make-benchmark")
 @handle_errors
 def make_benchmark_cmd(

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.sfm.colmap_db import ColmapResult
     from descbal.sfm.evaluate import SfmEvalResult
     from descbal.sfm.reconstruct import ReconstructResult
+    from descbal.sfm.trainset import SfmSetResult
     from descbal.train.trainer import TrainSummary
 
 Renderable = Table | str
@@ -207,6 +208,17 @@ def pool_report(result: PoolResult) -> list[Renderable]:
     lines: list[Renderable] = [f"skipped {s['path']}: {s['reason']}" for s in skipped]
     lines.append(f"{result.path}: {result.num_patches} patches of {result.num_classes} keypoints from "
                  f"{(result.images or 0) - len(skipped)} photos, {result.num_pairs} held-out pairs")
+    return lines
+
+
+def sfm_set_report(result: SfmSetResult) -> list[Renderable]:
+    """``descbal cache sfm``: skipped images and what the training set holds."""
+    if result.skipped:
+        return [f"{result.path}: up to date, skipped"]
+    lines: list[Renderable] = [f"skipped {s['path']}: {s['reason']}" for s in result.skipped_images or []]
+    lines.append(f"{result.path}: {result.num_patches} patches of {result.num_classes} 3D points from {result.images} "
+                 f"images of {', '.join(result.scenes or [])}; {result.num_near} near point pairs, {result.num_pairs} "
+                 "held-out pairs")
     return lines
 
 

@@ -88,6 +88,10 @@ MISSING = [
     ("cache hpatches", "root", ["--root", "{nope}"]),
     ("cache sequences", "src", ["{nope}", "-o", "{out}/s.h5"]),
     ("cache images", "folder", ["{nope}", "-o", "{out}/p.h5"]),
+    ("cache sfm", "reconstructions", ["{nope}", "--images", "{images}", "-o", "{out}/s.h5"]),
+    ("cache sfm", "images", ["{colmap_model}", "--images", "{nope}", "-o", "{out}/s.h5"]),
+    ("cache sfm", "features", ["{colmap_model}", "--images", "{images}", "--features", "{nope}.h5", "-o",
+                               "{out}/s.h5"]),
 ]
 #: Path parameters that name outputs (created when absent), not inputs.
 OUTPUT_PATHS = {"out", "export_csv", "plot", "database"}
@@ -120,6 +124,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "scene" / "gt_dense_cameras").mkdir()
     (root / "scene" / "gt_dense_cameras" / "0000.png.camera").write_text(
         "50 0 32\n0 50 24\n0 0 1\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n0 0 0\n64 48\n")
+    (root / "colmap_model").mkdir()  # looks like a COLMAP text model (its files are only listed before the check)
+    for part in ("cameras", "images", "points3D"):
+        (root / "colmap_model" / f"{part}.txt").write_text("")
     train, val = write_sets(root / "sets", num_classes=12, per_class=3)
     paths = {p.stem if p.is_file() else p.name: p for p in root.iterdir()}
     return {**{k: str(v) for k, v in paths.items()}, "train": str(train), "val": str(val)}

@@ -16,9 +16,10 @@ from descbal.data.patchset import (
     concat_patchsets,
     holdout_pairs,
     load_patchset,
+    read_datasets,
     write_patchset,
 )
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.geometry import PatchGeometry
 
 
@@ -42,6 +43,23 @@ def test_sets_without_them_load_as_unknown(tmp_path: Path) -> None:
     assert back.geometry is None and back.near is None
     with h5py.File(tmp_path / "s.h5", "r") as h5:
         assert "geometry" not in h5.attrs and "near" not in h5
+
+
+def test_extra_datasets_written_with_the_set_and_read_back(tmp_path: Path) -> None:
+    ids = np.array([7, 7, 9, 9, 4, 4], np.int64)
+    write_patchset(tmp_path / "s.h5", _set(), extra={"image_id": ids})
+    back = load_patchset(tmp_path / "s.h5")
+    np.testing.assert_array_equal(back.labels, [0, 0, 1, 1, 2, 2])  # the schema as without them
+    got = read_datasets(tmp_path / "s.h5", ["image_id", "labels"])
+    np.testing.assert_array_equal(got["image_id"], ids)
+    assert got["image_id"].dtype == np.int64
+    with pytest.raises(BadInputError, match="no 'scene' dataset"):
+        read_datasets(tmp_path / "s.h5", ["scene"])
+    with pytest.raises(DataMissingError):
+        read_datasets(tmp_path / "nope.h5", ["labels"])
+    with pytest.raises(ValueError, match="labels"):
+        write_patchset(tmp_path / "t.h5", _set(), extra={"labels": ids})
+    assert not (tmp_path / "t.h5").exists()
 
 
 def test_bad_geometry_attribute_names_the_file(tmp_path: Path) -> None:

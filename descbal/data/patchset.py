@@ -8,6 +8,8 @@ File layout (one HDF5 file per set)::
     holdout  uint8  (N,)       optional: 1 for patches reserved for evaluation (never trained on)
     near     int64  (K, 2)     optional: pairs of labels that must not be negatives of each other
                                (distinct 3D points whose sightings nearly coincide: false negatives)
+    ...      optional builder-specific datasets (e.g. ``cache sfm``'s per-patch ``image_id``),
+             ignored by :func:`load_patchset`, read by :func:`read_datasets`
     attrs    name, num_patches, format, ``geometry`` (optional: JSON of the
              :class:`~descbal.geometry.PatchGeometry` the patches were cut with; absent for sets of
              unknown geometry such as Brown's) and whatever the writer adds (source_sha256, ...)
@@ -23,7 +25,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +48,8 @@ CACHE_FORMAT = 1
 CHUNK_PATCHES = 1024
 #: Patches written per slice (progress and interruption granularity).
 WRITE_SLICE = 65536
+#: The datasets of the schema (see the module docstring).
+SCHEMA_DATASETS: tuple[str, ...] = ("patches", "labels", "pairs", "holdout", "near")
 
 
 @dataclass
@@ -206,14 +210,22 @@ def _read_geometry(raw: object, path: Path) -> PatchGeometry | None:
 
 
 def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | None = None,
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, extra: Mapping[str, np.ndarray] | None = None) -> None:
     """Write ``ps`` to ``path`` atomically (temporary sibling, renamed when complete).
 
     ``patches`` is chunked by :data:`CHUNK_PATCHES` patches, uncompressed; it is written in
     slices of :data:`WRITE_SLICE` patches, reporting ``progress("write", done, N)``. ``attrs``
-    are stored as file attributes next to ``name``, ``num_patches`` and ``format``. An exception
-    or Ctrl-C midway leaves neither ``path`` nor the temporary file.
+    are stored as file attributes next to ``name``, ``num_patches`` and ``format``. ``extra``
+    datasets (a builder's per-patch provenance, e.g. ``image_id`` (N,)) go into the same file,
+    in the same atomic write; :func:`load_patchset` ignores them and :func:`read_datasets` reads
+    them. An exception or Ctrl-C midway leaves neither ``path`` nor the temporary file.
+
+    Raises:
+        ValueError: an ``extra`` name that is one of the schema's datasets.
     """
+    clash = sorted(set(extra or {}) & set(SCHEMA_DATASETS))
+    if clash:
+        raise ValueError(f"extra datasets may not replace the schema's: {', '.join(clash)}")
     progress = or_no_progress(progress)
     n, h, w = ps.patches.shape
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w", locking=False) as h5:
@@ -238,6 +250,26 @@ def write_patchset(path: str | Path, ps: PatchSet, attrs: Mapping[str, Any] | No
             h5.create_dataset("holdout", data=ps.holdout.astype(np.uint8))
         if ps.near is not None:
             h5.create_dataset("near", data=ps.near.reshape(-1, 2))
+        for k, v in (extra or {}).items():
+            h5.create_dataset(k, data=np.asarray(v))
+
+
+def read_datasets(path: str | Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Named datasets of a patch-set file (e.g. the ``extra`` ones of :func:`write_patchset`),
+    each read whole.
+
+    Raises:
+        DataMissingError: the file does not exist.
+        BadInputError: not HDF5, or a named dataset is absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataMissingError("patch set file not found", path)
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            return {n: _read_dataset(h5, n, path) for n in names}
+    except OSError as e:
+        raise BadInputError(f"not a readable HDF5 file ({e})", path) from None
 
 
 def holdout_pairs(labels: NDArray[np.int64], holdout: NDArray[np.bool_], n_pairs: int, rng: np.random.Generator,
@@ -416,6 +448,11 @@ def fingerprint_files(files: Iterable[Path], root: Path) -> str:
             yield f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
 
     return sha256_hex(lines())
+
+
+def config_hash(cfg: Any) -> str:
+    """A short hash of a builder's configuration dataclass (part of its cache's identity)."""
+    return sha256_hex(json.dumps(asdict(cfg), sort_keys=True))[:16]
 
 
 def cache_attrs(name: str, source_sha256: str, **extra: Any) -> dict[str, Any]:

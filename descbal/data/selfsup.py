@@ -32,6 +32,7 @@ from descbal.data.patchset import (
     PatchSet,
     cache_attrs,
     cache_is_current,
+    config_hash,
     fingerprint_files,
     holdout_pairs,
     read_attrs,
@@ -209,11 +210,6 @@ def build_pool(folder: str | Path, cfg: PoolConfig = PoolConfig(),
     pairs = holdout_pairs(labels, holdout, cfg.pairs, np.random.default_rng([cfg.seed, 99]))
     return (PatchSet(patches, labels, pairs if len(pairs) else None, folder.name, holdout, geometry=cfg.geometry),
             skipped)
-
-
-def config_hash(cfg: PoolConfig) -> str:
-    """A short hash of the pool configuration (part of the cache's identity)."""
-    return sha256_hex(json.dumps(asdict(cfg), sort_keys=True))[:16]
 
 
 @dataclass
