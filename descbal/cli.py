@@ -273,6 +273,9 @@ PixelOriginOpt = Annotated[PixelOrigin, typer.Option("--pixel-origin", help="cen
                                                      "hloc); corner: pixel (0,0) spans [0,1].", rich_help_panel=_GEO)]
 UprightOpt = Annotated[bool | None, typer.Option("--upright", help="Ignore keypoint orientations (default: as the "
                                                  "model was trained, else oriented).", rich_help_panel=_GEO)]
+# the same option where patches are cut for training (recorded in the set, so the model inherits it)
+CutUprightOpt = Annotated[bool | None, typer.Option("--upright", help="Cut every patch upright, ignoring keypoint "
+                                                    "orientations (recorded in the set's geometry).")]
 
 
 def _geometry(mag: float | None, size_kind: SizeKind, angle_unit: AngleUnit, angle_sign: float,
@@ -539,6 +542,7 @@ def cache_images_cmd(
     views: Annotated[int, typer.Option(help="Views per keypoint (the photo itself plus random homographies).")] = 4,
     seed: Annotated[int, seed_option()] = 0,
     mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
+    upright: CutUprightOpt = None,
     holdout: Annotated[float, typer.Option(help="Fraction of photos held out for the FPR95 pairs.")] = 0.1,
     overwrite: OverwriteOpt = False, strict: StrictOpt = False, json_out: JsonOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -553,7 +557,7 @@ def cache_images_cmd(
 
     try:
         cfg = PoolConfig(seed=seed, detector=detector, max_keypoints=max_keypoints, views=views,
-                         geometry=PatchGeometry(mag=mag), holdout_fraction=holdout)
+                         geometry=PatchGeometry(mag=mag, upright=bool(upright)), holdout_fraction=holdout)
     except ValueError as e:
         raise BadInputError(str(e)) from None
     with progress_reporter(quiet) as progress:
@@ -584,6 +588,7 @@ def cache_sfm_cmd(
     num_pairs: Annotated[int, typer.Option("--num-pairs", help="Held-out verification pairs (half matching).")]
     = 10000,
     mag: Annotated[float, typer.Option(help="Patch side = mag x keypoint diameter (pixels).")] = 5.0,
+    upright: CutUprightOpt = None,
     ref_scale: Annotated[float, typer.Option("--ref-scale", help="Without feature scales: the diameter (px) of a "
                                              "point's reference sighting; the others by depth.")] = 12.0,
     near_px: Annotated[float, typer.Option("--near-px", help="3D points this close (px) in an image are near: never "
@@ -605,7 +610,8 @@ def cache_sfm_cmd(
 
     try:
         cfg = SfmSetConfig(seed=seed, min_track=min_track, max_reproj=max_reproj, holdout_fraction=holdout,
-                           holdout_scene=holdout_scene, pairs=num_pairs, geometry=PatchGeometry(mag=mag),
+                           holdout_scene=holdout_scene, pairs=num_pairs,
+                           geometry=PatchGeometry(mag=mag, upright=bool(upright)),
                            ref_scale=ref_scale, near_px=near_px, keep_near=keep_near, max_points=max_points)
     except ValueError as e:
         raise BadInputError(str(e)) from None

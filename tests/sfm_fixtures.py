@@ -125,14 +125,15 @@ def project(scene: SyntheticScene, name: str, xyz: NDArray[np.float64]) -> tuple
 def write_box_model(folder: str | Path, scene: SyntheticScene, xyz: NDArray[np.float64], normals: NDArray[np.float64],
                     size: tuple[int, int] = (640, 480), *, only: dict[int, list[int]] | None = None,
                     shift: dict[tuple[int, int], tuple[float, float]] | None = None, text: bool = False,
-                    features: str | Path | None = None, seed: int = 0) -> list[int]:
+                    features: str | Path | None = None, seed: int = 0, descbal_features: bool = True) -> list[int]:
     """A COLMAP model of ``scene`` (PINHOLE cameras, the true poses) in ``folder`` whose 3D points
     are ``xyz``, each observed where it projects (+0.5 px: COLMAP's pixel corners) in every view
     that sees its face, inside the image by 4 px. ``only``: point -> the view indices it may be
     observed in; ``shift``: (point, view) -> an offset (px) added to that observation (a bad
     sighting). Every image also has 3 keypoints without a 3D point. ``features``: also write the
     hloc features file the model would come from (keypoints = observations - 0.5, float32;
-    random ``scales`` in [8, 16] px and ``oris`` in [0, 360) deg). Returns the 3D point id of each
+    random ``scales`` in [8, 16] px and ``oris`` in [0, 360) deg; with ``descbal_features`` the
+    provenance attribute descbal's writer adds, else none, like another hloc extractor's file). Returns the 3D point id of each
     point (0 when it is seen in fewer than two views and left out)."""
     import h5py
     import pycolmap
@@ -177,6 +178,8 @@ def write_box_model(folder: str | Path, scene: SyntheticScene, xyz: NDArray[np.f
     rec.write_text(folder) if text else rec.write_binary(folder)
     if features is not None:
         with h5py.File(features, "w") as f:
+            if descbal_features:
+                f.attrs["descbal_provenance"] = '{"model": "sift"}'
             for name, kp in feats.items():
                 g = f.create_group(name)
                 g["keypoints"] = kp

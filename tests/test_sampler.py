@@ -202,6 +202,19 @@ def test_a_near_table_that_cannot_fill_a_batch_is_refused() -> None:
         ClassBatchSampler(lab, 3, 2, seed=0, near=np.array([[0, 1], [2, 3]]))
 
 
+def test_an_unlucky_order_completes_its_batch_instead_of_failing() -> None:
+    # class 4 is near all others: the constructor's class order (0, 1, 2, 3) fills a batch of
+    # 4 apart, but an order starting with 4 blocks everything else
+    lab = np.repeat(np.arange(5), 2)
+    s = ClassBatchSampler(lab, 4, 2, seed=0, near=np.array([[4, 0], [4, 1], [4, 2], [4, 3]]))
+    # 4 taken, 0..3 skipped (blocked): the batch is 4 and then the first three skipped, in order
+    assert s._take_apart(np.array([4, 2, 0, 3, 1])).tolist() == [4, 2, 0, 3]
+    with pytest.raises(ValueError, match="only 1 of the 5 classes"):
+        s._take_apart(np.array([4, 2, 0, 3, 1]), strict=True)
+    sizes = {len(s.batch(0, i).classes) for i in range(60)}  # some orders start with 4: none fails
+    assert sizes == {4}
+
+
 def test_near_and_holdout_together() -> None:
     usable = np.ones(len(NEAR_LABELS), bool)
     usable[NEAR_LABELS == 53] = False  # class 53 held out: a near pair naming it is ignored

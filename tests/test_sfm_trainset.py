@@ -114,6 +114,30 @@ def _near_reference(box: Box, ps_labels: np.ndarray, ex: dict[str, np.ndarray], 
 
 # ------------------------------------------------------------------------------ inputs
 
+def test_orientations_decide_the_recorded_geometry(box: Box, tmp_path: Path) -> None:
+    """descbal's features file: oriented; no features file, or another extractor's (its scales
+    are COLMAP's, its angles its own): depth sizes, angle 0 and an upright geometry recorded;
+    scenes of both kinds in one oriented set are refused, and accepted upright."""
+    with_oris, ex, _ = build_sfm_set(sfm_inputs([box.out], images=box.images), SfmSetConfig())
+    assert with_oris.geometry == PatchGeometry() and (ex["keypoint"][:, 3] != 0).any()
+    bare, _, _ = build_sfm_set(sfm_inputs([box.text], images=box.images), SfmSetConfig())
+    assert bare.geometry == PatchGeometry(upright=True)
+    other = tmp_path / "hloc.h5"  # the same file without descbal's provenance attribute
+    shutil.copy(box.out / "features.h5", other)
+    with h5py.File(other, "a") as h5:
+        del h5.attrs["descbal_provenance"]
+    hloc, ex_h, _ = build_sfm_set(sfm_inputs([box.out], images=box.images, features=other), SfmSetConfig())
+    assert hloc.geometry == PatchGeometry(upright=True) and (ex_h["keypoint"][:, 3] == 0).all()
+    with h5py.File(other, "r") as h5:  # its scales were not read as diameters
+        g = h5[box.scene.names[0]]
+        assert not np.isin(ex_h["keypoint"][ex_h["image_id"] == 1, 2], g["scales"][...]).any()
+    both = sfm_inputs([f"{box.out}={box.images}", f"{box.text}={box.images}"])
+    with pytest.raises(BadInputError, match=r"scene\(s\) .* have no keypoint orientations.*--upright"):
+        build_sfm_set(both, SfmSetConfig())
+    up, _, _ = build_sfm_set(both, SfmSetConfig(geometry=PatchGeometry(upright=True)))
+    assert up.geometry == PatchGeometry(upright=True)
+
+
 
 def test_inputs_resolve_models_features_and_scene_names(box: Box, tmp_path: Path) -> None:
     a, b, c = sfm_inputs([str(box.out), f"{box.text}={box.images}", box.out], images=box.images)
@@ -353,9 +377,11 @@ def test_a_descbal_reconstruction_with_its_features(tmp_path: Path) -> None:
         for k in range(0, len(ps), 7):
             im = rec.images[int(ex["image_id"][k])]
             point = rec.points3D[int(ex["point3d_id"][k])]
-            # COLMAP may keep two sightings of one point in one image: the patch is one of them
+            # COLMAP may keep two sightings of one point in one image (SIFT's second orientation at
+            # the same place): the patch's keypoint is one of them, position, size and angle
             cands = [e.point2D_idx for e in point.track.elements if e.image_id == im.image_id]
             g = h5[im.name]
-            (j,) = [c for c in cands if g["keypoints"][c].tolist() == ex["keypoint"][k, :2].tolist()]
-            assert ex["keypoint"][k].tolist() == [*g["keypoints"][j].tolist(), g["scales"][j], g["oris"][j]]
+            frames = [[*g["keypoints"][c].tolist(), g["scales"][c], g["oris"][c]] for c in cands]
+            assert ex["keypoint"][k].tolist() in frames
+            j = cands[frames.index(ex["keypoint"][k].tolist())]
             np.testing.assert_allclose(ex["keypoint"][k, :2], im.points2D[j].xy - 0.5, atol=1e-3)

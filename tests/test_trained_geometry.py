@@ -226,3 +226,23 @@ def test_reconstruct_and_eval_sfm_take_mag(command: list[str], images: Path, tmp
     argv = [a.format(images=images, out=tmp_path / "o") for a in command]
     res = run(*argv, "--mag", "0", "--upright", "-q")
     assert res.exit_code == 2 and "--mag" in res.stderr, res.output
+
+
+def test_a_pool_with_a_brown_set_validates_on_the_pools_held_out_pairs() -> None:
+    """Combined, a Brown set's pairs (among its training patches) are dropped from validation and
+    a pool's held-out pairs are kept, offset to the combined set's patch ids."""
+    from descbal.data.patchset import concat_patchsets
+    from descbal.train.trainer import validation_set
+
+    brown = make_patchset(2, 6, 3, name="brown", num_pairs=20)  # 18 patches, pairs among them
+    pool = make_patchset(3, 6, 3, name="pool")
+    held = np.zeros(18, bool)
+    held[9:] = True
+    pool = replace(pool, holdout=held, pairs=np.array([[9, 10, 1], [12, 15, 0], [16, 17, 1]]))
+    both = concat_patchsets([brown, pool], ["brown.h5", "pool.h5"])
+    val, line = validation_set(DataConfig(train=["brown.h5", "pool.h5"]), both)
+    assert val is not None and val.pairs is not None
+    assert val.pairs.tolist() == [[27, 28, 1], [30, 33, 0], [34, 35, 1]]
+    assert "3 held-out pairs (of 23: those among held-out patches)" in line
+    alone, line = validation_set(DataConfig(train="brown.h5"), brown)
+    assert alone is None and "no held-out pairs" in line

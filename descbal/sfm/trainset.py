@@ -10,12 +10,15 @@ that. For every 3D point with at least ``min_track`` usable sightings, one patch
   ``min_track`` sightings.
 * **Where.** Centred on the observed keypoint, in descbal pixels (centres at integers: COLMAP's
   ``xy - 0.5``, :data:`~descbal.sfm.colmap_db.COLMAP_PIXEL_SHIFT`).
-* **How large, which way up.** When the features file the model was built from has ``scales``
-  (and ``oris``) -- DoG keypoints -- the keypoint's own diameter and OpenCV angle. Else the
-  point's *reference sighting* (the one of median metres-per-pixel, ``depth / focal``) gets a
-  diameter of ``ref_scale`` px and every other sighting the same physical size:
-  ``ref_scale * (depth_ref / focal_ref) / (depth / focal)``; the angle is 0 (also when the
-  geometry is upright).
+* **How large, which way up.** When the features file the model was built from is one descbal
+  wrote (``descbal extract`` / ``reconstruct``: its provenance attribute) and has ``scales``
+  (and ``oris``) -- DoG keypoints -- the keypoint's own diameter and OpenCV angle. Else (other
+  hloc extractors store COLMAP's scale and their own angle convention; a bare COLMAP model has
+  none) the point's *reference sighting* (the one of median metres-per-pixel, ``depth /
+  focal``) gets a diameter of ``ref_scale`` px and every other sighting the same physical size:
+  ``ref_scale * (depth_ref / focal_ref) / (depth / focal)``; the angle is 0, and a set none of
+  whose scenes has orientations records an upright geometry (a model trained on it is then
+  used upright). Scenes with and without orientations in one oriented set are refused.
 * **Sampling.** 64x64 uint8, anti-aliased from each image's pyramid by the sampler ``extract``
   and ``cache images`` use (:func:`descbal.geometry.sample_warped_patches`), with the same
   geometry conventions (:class:`~descbal.geometry.PatchGeometry`, ``mag`` etc.). Each image is
@@ -42,7 +45,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,8 @@ from descbal.sfm.groundtruth import colmap_model_dir
 
 #: Folder names that say nothing about the scene (skipped upward when naming it).
 GENERIC_FOLDERS = ("model", "sparse")
+#: The attribute descbal's features files carry (``descbal.extract.writers``): their scales are diameters.
+DESCBAL_PROVENANCE = "descbal_provenance"
 #: The features file :func:`sfm_inputs` looks for beside the model folder (what ``descbal reconstruct`` writes).
 DEFAULT_FEATURES = "features.h5"
 #: Largest |features keypoint - (COLMAP xy - 0.5)| (px) for a features file to be the model's.
@@ -224,6 +229,7 @@ class _Sightings:
     angle: NDArray[np.float64]
     mpp: NDArray[np.float64]
     images: dict[int, tuple[str, tuple[int, int]]]
+    oriented: bool = True  # every sighting has its keypoint's own orientation (a descbal features file)
 
     def subset(self, keep_sighting: NDArray[np.bool_]) -> _Sightings:
         """The sightings where ``keep_sighting``; points left without any are dropped (renumbered)."""
@@ -232,7 +238,7 @@ class _Sightings:
         new_index = np.cumsum(used) - 1
         return _Sightings(new_index[self.point[keep_sighting]], self.point_id[used], self.xyz[used],
                           self.image_id[keep_sighting], self.xy[keep_sighting], self.size[keep_sighting],
-                          self.angle[keep_sighting], self.mpp[keep_sighting], self.images)
+                          self.angle[keep_sighting], self.mpp[keep_sighting], self.images, self.oriented)
 
 
 def _read_model(model_dir: Path) -> Any:
@@ -303,9 +309,11 @@ def scene_sightings(inp: SfmInput, cfg: SfmSetConfig) -> _Sightings:
     if inp.features is not None:
         names = {int(i): posed[int(i)].name for i in np.unique(image_id[keep])}
         has_scale = _feature_keypoints(inp.features, names, image_id, p2d, keep, xy, size, angle)
+    oriented = bool(has_scale[keep].all())
     images = {int(i): (posed[int(i)].name, (int(posed[int(i)].camera.width), int(posed[int(i)].camera.height)))
               for i in np.unique(image_id)}
-    s = _Sightings(point, np.array(point_ids, np.int64), xyz, image_id, xy, size, angle, mpp, images).subset(keep)
+    s = _Sightings(point, np.array(point_ids, np.int64), xyz, image_id, xy, size, angle, mpp, images,
+                   oriented).subset(keep)
     _depth_scales(s, has_scale[keep], cfg.ref_scale)
     s.angle = np.zeros_like(s.angle) if cfg.geometry.upright else np.mod(s.angle, 360.0)
     return s
@@ -316,7 +324,10 @@ def _feature_keypoints(path: Path, names: dict[int, str], image_id: NDArray[np.i
                        angle: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Fill ``xy``, ``size`` and ``angle`` of the kept sightings from an hloc features file
     (in place); return where a scale was found. The file must be the model's: every kept
-    sighting's keypoint within :data:`KEYPOINT_TOLERANCE` of the model's.
+    sighting's keypoint within :data:`KEYPOINT_TOLERANCE` of the model's. Scales and
+    orientations are read only from a file descbal wrote (its provenance attribute): other hloc
+    extractors store COLMAP's scale (about a radius) and their own angle convention, so their
+    points get depth-derived sizes, upright.
 
     Raises:
         BadInputError: an image missing from the file, or keypoints that do not match.
@@ -327,6 +338,9 @@ def _feature_keypoints(path: Path, names: dict[int, str], image_id: NDArray[np.i
     except OSError as e:
         raise BadInputError(f"not a readable HDF5 features file ({e})", path) from None
     with h5:
+        # scales and orientations in descbal's conventions (diameters, OpenCV degrees) only in a file
+        # descbal wrote; other hloc extractors store COLMAP scales and their own angles
+        trusted = DESCBAL_PROVENANCE in h5.attrs
         missing = [n for n in names.values() if not isinstance(h5.get(n), h5py.Group) or "keypoints" not in h5[n]]
         if missing:
             raise BadInputError(f"not the model's features file: {len(missing)} image(s) of the model have no "
@@ -341,6 +355,8 @@ def _feature_keypoints(path: Path, names: dict[int, str], image_id: NDArray[np.i
                                     f"points2D (minus {COLMAP_PIXEL_SHIFT} px); give the features the model was built "
                                     "from with --features", path)
             xy[idx] = kp[j]
+            if not trusted:
+                continue
             if "scales" in g:
                 size[idx] = np.asarray(g["scales"][...], np.float64)[j]
                 has_scale[idx] = size[idx] > 0
@@ -470,10 +486,30 @@ def build_sfm_set(inputs: Sequence[SfmInput], cfg: SfmSetConfig = SfmSetConfig()
                                 inp.model)
         s = s.subset(keep)
         parts.append((s, patches[keep]))
-    return _assemble(parts, scenes, cfg), _extras(parts), skipped
+    return _assemble(parts, scenes, cfg, _recorded_geometry(found, scenes, cfg)), _extras(parts), skipped
 
 
-def _assemble(parts: list[tuple[_Sightings, NDArray[np.uint8]]], scenes: list[str], cfg: SfmSetConfig) -> PatchSet:
+def _recorded_geometry(found: list[_Sightings], scenes: list[str], cfg: SfmSetConfig) -> PatchGeometry:
+    """The geometry the set records: ``cfg.geometry``, upright when no scene has keypoint
+    orientations (their patches are cut at angle 0, so a model trained on them is upright).
+
+    Raises:
+        BadInputError: some scenes with orientations and some without under an oriented geometry
+            (the set would mix both; give ``--upright``).
+    """
+    if cfg.geometry.upright:
+        return cfg.geometry
+    lacking = [name for name, s in zip(scenes, found, strict=True) if not s.oriented]
+    if not lacking:
+        return cfg.geometry
+    if len(lacking) == len(found):
+        return replace(cfg.geometry, upright=True)
+    raise BadInputError(f"scene(s) {', '.join(lacking)} have no keypoint orientations (no features file descbal "
+                        "wrote), the others do: give --upright to cut every patch upright")
+
+
+def _assemble(parts: list[tuple[_Sightings, NDArray[np.uint8]]], scenes: list[str], cfg: SfmSetConfig,
+              geometry: PatchGeometry) -> PatchSet:
     """Labels, holdout, near table and pairs of the scenes' kept sightings (patches by label)."""
     labels, near, point_scene = [], [], []
     offset = 0
@@ -498,7 +534,7 @@ def _assemble(parts: list[tuple[_Sightings, NDArray[np.uint8]]], scenes: list[st
     holdout = held[lab]
     pairs = holdout_pairs(lab, holdout, cfg.pairs, np.random.default_rng([cfg.seed, 99]), near_t)
     return PatchSet(np.concatenate([p for _, p in parts]), lab, pairs if len(pairs) else None, "+".join(scenes),
-                    holdout, near_t, cfg.geometry)
+                    holdout, near_t, geometry)
 
 
 def _extras(parts: list[tuple[_Sightings, NDArray[np.uint8]]]) -> dict[str, NDArray[Any]]:

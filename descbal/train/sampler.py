@@ -44,12 +44,13 @@ class ClassBatchSampler:
         seed: the seed every draw derives from.
         usable: optional (N,) bool; patches marked False are never drawn (held-out data).
         near: optional (K, 2) pairs of labels never drawn into one batch (labels absent from the
-            usable patches are ignored). A batch can always be filled when ``num_classes <= C /
-            (d + 1)``, C classes and d the most near neighbours of one class.
+            usable patches are ignored). A batch can always be filled apart when ``num_classes <=
+            C / (d + 1)``, C classes and d the most near neighbours of one class; otherwise an
+            unlucky draw completes its batch with near classes (see :meth:`_take_apart`).
 
     Raises:
         ValueError: more classes per batch than the data have, ``npos < 2``, or a near table
-            that leaves too few classes apart to fill a batch (also from :meth:`batch`).
+            that leaves too few classes apart to fill a batch in class order.
     """
 
     def __init__(self, labels: NDArray[np.integer], num_classes: int, npos: int, seed: int,
@@ -73,7 +74,7 @@ class ClassBatchSampler:
         # near neighbours as CSR over class positions (None: no table, the plain draws)
         self._near: tuple[NDArray[np.int64], NDArray[np.int64]] | None = _near_graph(uniq, near)
         if self._near is not None:
-            self._take_apart(np.arange(len(uniq)))  # a batch is possible at all (else the error now)
+            self._take_apart(np.arange(len(uniq)), strict=True)  # a batch is possible at all (else the error now)
 
     def batch(self, epoch: int, index: int) -> Batch:
         """The batch ``index`` of ``epoch`` (pure function of seed, epoch and index)."""
@@ -105,23 +106,30 @@ class ClassBatchSampler:
         labels = np.repeat(self.class_ids[cls], k)
         return Batch(indices=idx, labels=labels, classes=self.class_ids[cls])
 
-    def _take_apart(self, order: NDArray[np.int64]) -> NDArray[np.int64]:
+    def _take_apart(self, order: NDArray[np.int64], strict: bool = False) -> NDArray[np.int64]:
         """The first ``num_classes`` class positions of ``order`` none of which is near one taken
-        before it (greedy)."""
+        before it (greedy). When an unlucky order leaves too few such classes, the batch is
+        filled with the skipped classes in ``order`` (a few near pairs in that batch rather than a
+        failed run; always possible when ``num_classes <= C / (d + 1)``); ``strict``: raise
+        instead (the constructor's check that the table leaves a batch possible at all)."""
         assert self._near is not None
         ptr, nbr = self._near
         blocked = np.zeros(len(self.class_ids), bool)
         taken: list[int] = []
+        skipped: list[int] = []
         for c in order.tolist():
             if blocked[c]:
+                skipped.append(c)
                 continue
             taken.append(c)
             if len(taken) == self.num_classes:
                 return np.asarray(taken, dtype=np.int64)
             blocked[nbr[ptr[c] : ptr[c + 1]]] = True
-        raise ValueError(f"batch of {self.num_classes} classes, but only {len(taken)} of the {len(self.class_ids)} "
-                         "classes could be drawn with none near another (the set's near table); use fewer classes "
-                         "per batch")
+        if strict:
+            raise ValueError(f"batch of {self.num_classes} classes, but only {len(taken)} of the {len(self.class_ids)} "
+                             "classes could be drawn with none near another (the set's near table); use fewer "
+                             "classes per batch")
+        return np.asarray(taken + skipped[: self.num_classes - len(taken)], dtype=np.int64)
 
 
 def _near_graph(class_ids: NDArray[np.int64], near: NDArray[np.integer] | None

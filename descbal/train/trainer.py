@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -366,9 +366,10 @@ def validation_set(data: DataConfig, train: PatchSet) -> tuple[PatchSet | None, 
     """The run's validation set and the log line saying what it is.
 
     ``data.val`` names a cache; ``"none"`` turns validation off; unset, the training set itself
-    validates when its ``pairs`` join only ``holdout`` patches (a pool of ``descbal cache
-    images``): the sampler never draws those, so these pairs are held out. Brown sets, whose
-    pairs are among their training patches, are not used so.
+    validates on those of its ``pairs`` that join only ``holdout`` patches (a pool of ``descbal
+    cache images`` or a set of ``cache sfm``): the sampler never draws those, so these pairs
+    are held out. Brown sets' pairs, among their training patches, are not used so (combined
+    with a pool, only the pool's pairs validate).
     """
     if data.val == NO_VAL:
         return None, 'validation: off (--no-val / data.val = "none")'
@@ -377,9 +378,15 @@ def validation_set(data: DataConfig, train: PatchSet) -> tuple[PatchSet | None, 
         n = 0 if val.pairs is None else len(val.pairs)
         return val, f"validation: FPR95 each epoch on {data.val} ({_pairs_used(n, data.val_pairs)} pairs)"
     pairs, held = train.pairs, train.holdout
-    if pairs is not None and held is not None and len(pairs) and bool(held[pairs[:, :2]].all()):
-        return train, (f"validation: FPR95 each epoch on the training set's {_pairs_used(len(pairs), data.val_pairs)} "
-                       f"held-out pairs ({int(held.sum())} held-out patches, never trained on); --no-val to skip")
+    inside = held[pairs[:, :2]].all(axis=1) if pairs is not None and held is not None and len(pairs) else None
+    if inside is not None and inside.any():
+        # several sets: a Brown set's pairs (among its training patches) are dropped, the pool's kept
+        val = train if inside.all() else replace(train, pairs=pairs[inside])  # type: ignore[index]
+        n = int(inside.sum())
+        among = "" if inside.all() else f" (of {len(inside)}: those among held-out patches)"
+        return val, (f"validation: FPR95 each epoch on the training set's {_pairs_used(n, data.val_pairs)} "
+                     f"held-out pairs{among} ({int(held.sum())} held-out patches, never trained on); "  # type: ignore[union-attr]
+                     "--no-val to skip")
     return None, "validation: none (the training set has no held-out pairs; give --val SET.h5)"
 
 
