@@ -190,7 +190,9 @@ def test_kill_9_after_a_commit_keeps_it_and_the_resumed_file_equals_an_uninterru
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(images), str(out)], env=env)
     try:
         deadline = time.monotonic() + 120
-        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        # after a commit and once the run has its next working copy (a commit renames the copy
+        # into place and then starts a new one: a kill between the two leaves no copy)
+        while not (out.exists() and temps(tmp_path)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         proc.kill()  # SIGKILL: nothing runs on the way out
     finally:
