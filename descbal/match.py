@@ -198,11 +198,14 @@ def match_features(features: str | Path, pairs: str | Path | list[tuple[str, str
         finally:  # keep every complete pair, also on Ctrl-C or an error
             if current is not None and current in h5:
                 del h5[current]
-            try:
-                tx.commit()
-            except BaseException:
+            if done == 0 and not fresh:  # nothing new: the file stays as it was (mtime included)
                 tx.discard()
-                raise
+            else:
+                try:
+                    tx.commit()
+                except BaseException:
+                    tx.discard()
+                    raise
     secs = time.perf_counter() - t0
     return MatchResult(features=str(features), pairs=str(pairs) if not isinstance(pairs, list) else None, out=str(out),
                        num_pairs=len(pair_list), matched=done, skipped_existing=skipped,

@@ -207,3 +207,26 @@ def test_kill_9_after_a_commit_keeps_it_and_the_resumed_file_equals_an_uninterru
     whole = tmp_path / "whole.h5"
     extract_folder(images, whole, CFG)
     assert contents(out) == contents(whole)
+
+
+def test_a_resume_that_adds_nothing_leaves_the_files_untouched(tmp_path: Path) -> None:
+    """Rerunning a finished extraction or matching changes neither file (not even its
+    modification time), so caches fingerprinted on them (``cache sfm``) stay current."""
+    from descbal.match import match_features
+
+    images = image_folder(tmp_path, 3)
+    feats = tmp_path / "f.h5"
+    extract_folder(images, feats, CFG)
+    names = list_features(feats)
+    pairs = [(names[0], names[1]), (names[1], names[2])]
+    matches = tmp_path / "m.h5"
+    match_features(feats, pairs, matches)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (feats, matches)}
+    time.sleep(0.02)
+    assert extract_folder(images, feats, CFG).skipped_existing == 3
+    assert match_features(feats, pairs, matches).skipped_existing == 2
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (feats, matches)} == before
+    assert temps(tmp_path) == []
+    # one more image: the file is rewritten with it
+    cv2.imwrite(str(images / "extra.png"), cv2.imread(str(images / names[0]), cv2.IMREAD_GRAYSCALE)[::-1])
+    assert extract_folder(images, feats, CFG).extracted == 1 and feats.stat().st_mtime_ns != before[feats][0]

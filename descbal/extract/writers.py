@@ -271,6 +271,7 @@ class HlocWriter:
             raise BadInputError("--out exists and is not a file", self.path)
         self.tx = AtomicH5(self.path, fresh=not exists, commit_every=commit_every, commit_every_s=commit_every_s)
         self._current: str | None = None
+        self._wrote = False  # an image written by this writer (else a resume that found everything done)
 
     def existing(self) -> set[str]:
         return set(self._names)
@@ -298,6 +299,7 @@ class HlocWriter:
         g.create_dataset("oris", data=np.asarray(feats.oris, np.float32))
         self._current = None
         self._names.add(name)
+        self._wrote = True
         self.tx.did_work()
 
     def __exit__(self, *exc: Any) -> None:
@@ -308,6 +310,9 @@ class HlocWriter:
             self._names.discard(self._current)
         if not self._names:  # nothing stored: leave nothing (an empty file would only block the next run)
             self.tx.discard()
+            return
+        if not self._wrote and self.path.is_file():  # a resume that added nothing leaves the file as it was
+            self.tx.discard()  # (its modification time too: caches fingerprinted on it stay current)
             return
         try:
             self.tx.commit()
