@@ -458,3 +458,21 @@ def test_load_puts_nothing_on_the_gpu_and_keeps_float32(tmp_path: Path) -> None:
     assert {p.device.type for p in back.parameters()} == {"cpu"}
     assert {p.dtype for p in back.parameters()} == {torch.float32}
     assert np.isclose(back.input_scale, 1 / 255)
+
+
+@pytest.mark.parametrize("arch", ["hynet", "hardnet"])
+def test_initial_weights_do_not_depend_on_the_thread_count(arch: str) -> None:
+    """The orthogonal initialisation's QR gives other bits on other thread counts; the models'
+    initial weights must follow the seed alone (an untrained row, a run's start)."""
+    from descbal.models.resolve import state_dict_sha256
+
+    before = torch.get_num_threads()
+    shas = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            shas.append(state_dict_sha256(build_model(arch)))
+    finally:
+        torch.set_num_threads(before)
+    assert shas[0] == shas[1]

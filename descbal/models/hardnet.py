@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from descbal.models.layers import patch_standardise
+from descbal.models.layers import orthogonal_, patch_standardise
 from descbal.models.registry import register_model
 
 _WIDTHS = ((1, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1))
@@ -29,7 +29,7 @@ def _l2net_body(eps: float) -> list[nn.Module]:
 def _init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.orthogonal_(m.weight, gain=0.6)
+            orthogonal_(m.weight, 0.6)
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0.01)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from descbal.models.layers import FRN, TLU
+from descbal.models.layers import FRN, TLU, orthogonal_
 from descbal.models.registry import register_model
 
 
@@ -48,7 +48,7 @@ class HyNet(nn.Module):
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.orthogonal_(m.weight, gain=init_gain)
+                orthogonal_(m.weight, init_gain)
                 if m.bias is not None:
                     nn.init.constant_(m.bias, init_bias)
 

@@ -144,3 +144,15 @@ def patch_standardise(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     mean = flat.mean(dim=1)
     std = flat.std(dim=1) + eps
     return (x - mean[:, None, None, None]) / std[:, None, None, None]
+
+
+def orthogonal_(weight: torch.Tensor, gain: float) -> torch.Tensor:
+    """``nn.init.orthogonal_`` on one CPU thread, so that a model's initial weights depend on the
+    seed alone: its QR decomposition (LAPACK) gives different bits with different thread counts,
+    and an untrained network or a run's start would differ between machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return nn.init.orthogonal_(weight, gain=gain)
+    finally:
+        torch.set_num_threads(before)
