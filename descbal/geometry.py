@@ -224,6 +224,14 @@ def patch_affines(xy: NDArray[np.floating], size: NDArray[np.floating], angle: N
     return a
 
 
+def affine_scales(affines: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Image pixels per patch pixel of patch-to-image affines (the pyramid level's input):
+    ``sqrt(|det A[:, :, :2]|)``, ``mag * diameter / P`` for :func:`patch_affines`.
+    Shape: (N, 2, 3) -> (N,)."""
+    a = np.asarray(affines, dtype=np.float64).reshape(-1, 2, 3)
+    return np.sqrt(np.abs(np.linalg.det(a[:, :, :2])))
+
+
 def pyramid_level(scale: NDArray[np.floating], max_level: int) -> NDArray[np.int64]:
     """Pyramid level to sample from so that the remaining down-scaling is below 2x (anti-aliasing):
     ``floor(log2(scale))`` clipped to [0, max_level]. ``scale``: image px per patch px."""

@@ -476,6 +476,12 @@ def cache_is_current(path: Path, source_sha256: str) -> bool:
         return False
 
 
+def skipped_when_built(path: Path) -> list[dict[str, str]] | None:
+    """The inputs a cache was built without (its ``skipped`` attribute, JSON), None when none:
+    an up-to-date cache still reports them, so ``--strict`` fails again."""
+    return json.loads(str(read_attrs(path).get("skipped", "[]"))) or None
+
+
 def read_attrs(path: Path) -> dict[str, Any]:
     """The file attributes of an HDF5 file as plain Python values."""
     with h5py.File(path, "r", locking=False) as h5:

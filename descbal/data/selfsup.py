@@ -35,7 +35,7 @@ from descbal.data.patchset import (
     config_hash,
     fingerprint_files,
     holdout_pairs,
-    read_attrs,
+    skipped_when_built,
     write_patchset,
 )
 from descbal.detectors import detect, get_detector
@@ -244,9 +244,7 @@ def cache_images(folder: str | Path, out: str | Path, cfg: PoolConfig = PoolConf
     files = list_images(folder)
     source = sha256_hex(fingerprint_files(files, folder) + config_hash(cfg))
     if not overwrite and cache_is_current(out, source):
-        # the photos left out when it was built are still left out (--strict fails again)
-        left_out = json.loads(str(read_attrs(out).get("skipped", "[]"))) or None
-        return PoolResult(path=str(out), skipped=True, source_sha256=source, skipped_images=left_out)
+        return PoolResult(path=str(out), skipped=True, source_sha256=source, skipped_images=skipped_when_built(out))
     ps, skipped = build_pool(folder, cfg, progress)
     attrs = cache_attrs(folder.name, source, config=json.dumps(asdict(cfg)), skipped=json.dumps(skipped))
     write_patchset(out, ps, attrs, progress=progress)

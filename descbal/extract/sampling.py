@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from descbal.geometry import REMAP_ROWS, PatchGeometry, build_pyramid, patch_affines, pyramid_level, remap
+from descbal.geometry import (
+    REMAP_ROWS,
+    PatchGeometry,
+    affine_scales,
+    build_pyramid,
+    patch_affines,
+    pyramid_level,
+    remap,
+)
 
 #: Keypoints per ``grid_sample`` call (bounds the sampling grid's memory: 64 MiB at 32x32).
 CHUNK = 8192
@@ -159,8 +167,7 @@ def sample_affine_patches(pyramid: Pyramid, affines: NDArray[np.floating], patch
     n, p = len(affines), patch_size
     if n == 0:
         return torch.empty((0, 1, p, p), dtype=torch.float32, device=pyramid.device)
-    scale = np.sqrt(np.abs(np.linalg.det(affines[:, :, :2])))  # image px per patch px
-    lv = pyramid_level(scale, pyramid.num_levels - 1)
+    lv = pyramid_level(affine_scales(affines), pyramid.num_levels - 1)
     level_affines = affines / (2.0 ** lv)[:, None, None]  # level L pixel i sits at image coordinate i 2^L
     if pyramid.atlas is not None:
         return _atlas_patches(pyramid, level_affines, lv, p)

@@ -60,12 +60,18 @@ from descbal.data.patchset import (
     config_hash,
     fingerprint_files,
     holdout_pairs,
-    read_attrs,
+    skipped_when_built,
     write_patchset,
 )
 from descbal.errors import BadInputError, DataMissingError, list_names
 from descbal.fileio import sha256_hex
-from descbal.geometry import PatchGeometry, build_pyramid, decode_keypoints, patch_affines, sample_warped_patches
+from descbal.geometry import (
+    PatchGeometry,
+    affine_scales,
+    build_pyramid,
+    patch_affines,
+    sample_warped_patches,
+)
 from descbal.images import UnreadableImageError, list_images, read_gray
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
@@ -428,8 +434,7 @@ def _sample_image(path: Path, expected: tuple[int, int], s: _Sightings, idx: NDA
                                    f"{expected[0]}x{expected[1]}", path)
     ps = cfg.patch_size
     aff = patch_affines(s.xy[idx], s.size[idx], s.angle[idx], cfg.geometry, ps)
-    diameter = decode_keypoints(s.xy[idx], s.size[idx], s.angle[idx], cfg.geometry).diameter
-    return sample_warped_patches(build_pyramid(img), aff, None, cfg.geometry.mag * diameter / ps, ps)
+    return sample_warped_patches(build_pyramid(img), aff, None, affine_scales(aff), ps)
 
 
 def build_sfm_set(inputs: Sequence[SfmInput], cfg: SfmSetConfig = SfmSetConfig(), progress: Progress | None = None
@@ -606,9 +611,7 @@ def cache_sfm(inputs: Sequence[SfmInput], out: str | Path, cfg: SfmSetConfig = S
     start = time.perf_counter()
     source = sfm_fingerprint(inputs, cfg)
     if not overwrite and cache_is_current(out, source):
-        # the images left out when it was built are still left out (--strict fails again)
-        left_out = json.loads(str(read_attrs(out).get("skipped", "[]"))) or None
-        return SfmSetResult(path=str(out), skipped=True, source_sha256=source, skipped_images=left_out)
+        return SfmSetResult(path=str(out), skipped=True, source_sha256=source, skipped_images=skipped_when_built(out))
     ps, extras, skipped = build_sfm_set(inputs, cfg, progress)
     scenes = [inp.scene for inp in inputs]
     described = [{"scene": inp.scene, "model": str(inp.model), "images": str(inp.images),
