@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (see the device tool's README): the extract speed
-# benchmark (issue 8) alone first, then long self-supervised training runs (issue 7), one
+# One prepared run on a lent GPU machine (see the device tool's README): distributed training
+# throughput (issue 18, about 2 min), the extract speed benchmark (issue 8), then long self-supervised training runs (issue 7), one
 # process per pool preset, in parallel on the one GPU. Results land under $OUT (at most 6 files).
 #
 # The shared data must be at ../shared/data; when only a carried copy at .devdata exists
@@ -18,6 +18,10 @@ mkdir -p "$OUT"
 if [ ! -d ../shared/data ] && [ -d .devdata ]; then mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data; fi
 nvidia-smi -L || true
 python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)"
+
+echo "== distributed training (issue 18): single process against the distributed path on every GPU here"
+OMP_NUM_THREADS=4 timeout 240 python3 benchmarks/distributed.py --device cuda --classes 2560 --steps 10 \
+    --json "$OUT/distributed.json" 2>&1 | grep -v Warning
 
 echo "== extract speed"
 OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1

@@ -499,6 +499,9 @@ def train_cmd(
     seed: Annotated[int | None, seed_option("Seed of the run (loop.seed; after --set).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda "
                                                "(loop.device; after --set).")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Train on N local processes (one per GPU, or CPU "
+                                              "processes with gloo): one global batch split over them. Under "
+                                              "torchrun, leave it out.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the shipped recipes and exit.")] = False,
     show_recipe: Annotated[str | None, typer.Option("--show-recipe", help="Print a recipe's TOML (to copy) and exit.")]
     = None,
@@ -518,16 +521,29 @@ def train_cmd(
     if show_recipe is not None:
         typer.echo(recipe_text(show_recipe), nl=False)
         return
-    trainer = open_run(out, resume=resume, recipe=recipe, config=config, overrides=set_ or (), data=data or None,
-                       val=val,
-                       seed=seed, device=device, no_val=no_val)
-    show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
-    try:
-        with progress_reporter(quiet) as progress:
-            summary = trainer.fit(progress=progress, log=None if quiet else stderr.print)
-    except KeyboardInterrupt:
-        stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
-        raise typer.Exit(130) from None
+    run = {"out": out, "resume": resume, "recipe": recipe, "config": config, "overrides": tuple(set_ or ()),
+           "data": data or None, "val": val, "seed": seed, "device": device, "no_val": no_val}
+    if nproc is not None:
+        from descbal.train.launch import train_processes
+
+        try:
+            summary = train_processes(nproc, run, quiet)
+        except KeyboardInterrupt:
+            stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --nproc {nproc} --resume "
+                         f"{resume or out}'")
+            raise typer.Exit(130) from None
+    else:
+        trainer = open_run(**run)
+        quiet = quiet or not trainer.is_main  # under torchrun, rank 0 speaks for the run
+        show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], quiet)
+        try:
+            with progress_reporter(quiet) as progress:
+                summary = trainer.fit(progress=progress, log=None if quiet else stderr.print)
+        except KeyboardInterrupt:
+            stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
+            raise typer.Exit(130) from None
+        if not trainer.is_main:
+            return
     show(train_report(summary), quiet)
     emit_json(summary.to_json(), json_out)
 

@@ -433,6 +433,9 @@ class DDTASLoss(Loss):
     def make_reducer(self) -> AnchorReducer:
         return self.softcon.reducer
 
+    def uses_inputs(self) -> bool:
+        return self.meta != "none"
+
     def _base(self) -> float:
         return float(self.meta_base) if self.meta == "threshold" else self.softcon.base
 

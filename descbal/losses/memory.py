@@ -307,6 +307,9 @@ class MemoryContrastiveLoss(Loss):
             return labels.long() * RANK_BASE + class_ranks(labels)
         return self.seen.to(labels.device) + torch.arange(labels.shape[0], device=labels.device)
 
+    def uses_inputs(self) -> bool:
+        return self.update == "ema_encoder"
+
     def make_miner(self) -> HardNegativePairMiner:
         return HardNegativePairMiner(self.neg_threshold)
 

@@ -70,7 +70,7 @@ class Loss(nn.Module):
     Class attributes: ``tuples`` (the tuple kinds it consumes: ``ClassTuples`` for the
     triplet-like losses; ``PairTuples`` for pair losses, which also take class tuples as pairs),
     ``default_miner`` and ``default_reducer`` (registered names). Hooks with defaults:
-    :meth:`references`, :meth:`split`, :meth:`teacher_spec`, :meth:`make_reducer`.
+    :meth:`references`, :meth:`split`, :meth:`teacher_spec`, :meth:`make_reducer`, :meth:`uses_inputs`.
     """
 
     tuples: ClassVar[type] = PairTuples
@@ -108,6 +108,11 @@ class Loss(nn.Module):
     def step_stats(self) -> dict[str, float]:
         """Statistics of the loss's own state after a step (e.g. a memory's fill)."""
         return {}
+
+    def uses_inputs(self) -> bool:
+        """True when the loss runs the network on ``Embedded.inputs`` itself (a meta step, a
+        momentum encoder): a distributed run then gathers every rank's inputs for it."""
+        return False
 
     def make_reducer(self) -> Reducer:
         """The reducer used when the config names none (built from the loss's own parameters)."""

@@ -84,7 +84,7 @@ def inference_copy(model: nn.Module, device: str | torch.device | None = None) -
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     if getattr(model, _MARK, None) == dev:
         return model
-    out = copy.deepcopy(model).eval().to(dev)
+    out = copy.deepcopy(model).eval().to(device=dev, dtype=torch.float32)  # float32 whatever it trained in
     for mod in out.modules():
         if isinstance(mod, nn.Sequential):
             _optimise_sequential(mod)

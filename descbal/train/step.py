@@ -7,24 +7,35 @@ from torch import nn
 
 from descbal.losses.pipeline import Embedded, LossPipeline, StepOutput
 from descbal.losses.tuples import Reference
+from descbal.train.distributed import BatchShard, gather_rows
+from descbal.train.global_layers import sharded_rows
 
 
 def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
-              reference: Reference | None = None) -> StepOutput:
+              reference: Reference | None = None, shard: BatchShard | None = None) -> StepOutput:
     """Embed a batch and score it: the forward pass of one training step.
 
     Rows the pipeline holds out for a meta step (``pipeline.split``) are not embedded; the
     teacher pass (eval mode, no gradient) runs before the student's train-mode pass, as in
     Self-TNet; then ``pipeline(Embedded(...))``.
 
+    In a distributed run (``shard`` given; ``descbal.train.distributed``) ``x`` and ``labels``
+    are this rank's rows of the global batch: the split is the global batch's, the teacher and
+    the student embed this rank's rows, and the pipeline scores the embeddings of all ranks,
+    gathered in rank order (the student's with gradient); the inputs are gathered only for a
+    loss that runs the network itself (``Loss.uses_inputs``).
+
     Args:
         model: maps (B, 1, H, W) inputs to (B, D) unit descriptors (in train mode).
         x: (B, 1, H, W) network inputs. labels: (B,) class ids.
-        reference: optional embeddings from elsewhere (other ranks) for the loss.
+        reference: optional embeddings from elsewhere for the loss.
+        shard: this rank's place in the global batch (None: a single process).
 
     Returns:
         The pipeline's :class:`StepOutput` (scalar float32 loss with gradient, statistics).
     """
+    if shard is not None:
+        return _sharded_step(model, pipeline, x, shard, reference)
     held = None
     split = pipeline.split(labels)
     if split is not None:
@@ -35,3 +46,32 @@ def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels:
     teacher = pipeline.teacher(model, x) if pipeline.teacher is not None else None
     emb = model(x).float()
     return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=x, held=held, reference=reference))
+
+
+def _sharded_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, shard: BatchShard,
+                  reference: Reference | None) -> StepOutput:
+    ctx, labels = shard.ctx, shard.labels
+    counts = shard.counts()
+    held = None
+    rows = None  # the global rows embedded (None: all)
+    split = pipeline.split(labels)
+    if split is not None:
+        keep, out = split
+        everything = gather_rows(x.detach(), counts, ctx)
+        held = (everything[out], labels[out])
+        rows = keep
+    if rows is None:
+        mine, offset, total = x, shard.start, len(labels)
+    else:
+        local = rows[(rows >= shard.start) & (rows < shard.stop)] - shard.start
+        mine, offset, total = x[local], int((rows < shard.start).sum()), len(rows)
+        counts, labels = shard.counts(rows), labels[rows]
+    teacher = None
+    if pipeline.teacher is not None:
+        teacher = gather_rows(pipeline.teacher(model, mine), counts, ctx)
+    with sharded_rows(offset, total):
+        emb = gather_rows(model(mine).float(), counts, ctx)
+    inputs = gather_rows(mine.detach(), counts, ctx) if pipeline.loss.uses_inputs() else None
+    with ctx.timed("loss"):  # the part every rank repeats (its forward)
+        return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=inputs, held=held,
+                                 reference=reference))

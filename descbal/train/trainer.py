@@ -13,6 +13,12 @@ Determinism: batch ``i`` of epoch ``e`` of phase ``p`` and its augmentation are 
 of ``(seed, p, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
 every step, so a run resumed from any checkpoint -- per epoch or written on Ctrl-C -- continues
 exactly as the uninterrupted run (bit for bit on CPU).
+
+Distributed runs (started by ``torchrun`` or ``descbal train --nproc N``;
+``descbal.train.distributed``): each rank trains on its shard of the same global batch, and
+rank 0 alone writes the run folder and validates. All state is global (the batch, its
+augmentation, dropout masks, the loss's statistics and memory), so a run resumes exactly with
+the same number of processes and, up to float rounding, with another.
 """
 
 from __future__ import annotations
@@ -44,16 +50,19 @@ from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, geometry_entries, read_checkpoint
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
-from descbal.train.augment import network_input, sample_params
+from descbal.train import distributed
+from descbal.train.augment import AugmentParams, network_input, sample_params
 from descbal.train.config import NO_VAL, DataConfig, RunConfig
+from descbal.train.distributed import BatchShard, DistContext
+from descbal.train.global_layers import distribute_layers
 from descbal.train.optim import make_optimizer, schedule_at, set_lr_beta1
 from descbal.train.phases import Phase, build_phases
 from descbal.train.sampler import ClassBatchSampler
 from descbal.train.step import loss_step
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, git commit and device of this run."""
+def environment(device: torch.device, dist: DistContext | None = None) -> dict[str, Any]:
+    """Versions, git commit and device of this run (and its processes when distributed)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(descbal.__file__).parent,
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
@@ -65,6 +74,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "cpu_threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "distributed": None if dist is None else {"world_size": dist.world_size, "backend": dist.backend},
     }
 
 
@@ -98,16 +108,21 @@ class Trainer:
         data_notes: lines :meth:`fit` logs before it (how the training sets were combined).
         mixed_geometry: the training sets recorded different patch geometries (checkpoints say
             so next to ``train_set.geometry``, the first set's).
+        dist: this process's rank in a distributed run (None: a single process). Every phase's
+            classes per batch must divide by the world size, and all ranks must hold the same
+            configuration and training data (checked here: BadInputError).
 
     Checkpoints and ``model.pt`` record ``train_set.geometry`` as ``patch_geometry`` (absent when
     unknown), which extraction and evaluation then use by default.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, train_set: PatchSet, val_set: PatchSet | None = None,
-                 val_note: str | None = None, *, data_notes: Sequence[str] = (), mixed_geometry: bool = False) -> None:
+                 val_note: str | None = None, *, data_notes: Sequence[str] = (), mixed_geometry: bool = False,
+                 dist: DistContext | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.loop.device)
+        self.dist = dist
+        self.device = dist.device if dist is not None else resolve_device(cfg.loop.device)
         self.train_set = train_set
         self.val_set = val_set
         self.val_note = val_note
@@ -122,7 +137,18 @@ class Trainer:
             raise BadInputError(f"config: {e}") from None
         if cfg.model.init:
             self._init_from(cfg.model.init)
+        dtypes = {"float32": torch.float32, "float64": torch.float64}
+        if cfg.loop.dtype not in dtypes:
+            raise BadInputError(f"config: loop.dtype must be float32 or float64, got {cfg.loop.dtype!r}")
+        self.dtype = dtypes[cfg.loop.dtype]
+        self.model = self.model.to(self.dtype)
         self.phases: list[Phase] = build_phases(cfg)
+        if dist is not None:
+            distributed.check_divisible(self.phases, dist.world_size)
+            with distributed.collective_errors(dist):
+                dist.check_same("configuration or training data", distributed.fingerprint(
+                    dump_toml(to_dict(cfg)), train_set.labels.tobytes(), str(train_set.patches.shape)))
+            distribute_layers(self.model)
         if self.device.type == "cuda" and cfg.loop.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model: nn.Module = torch.compile(self.model) if cfg.loop.compile else self.model
@@ -131,7 +157,8 @@ class Trainer:
         self.phase = 0
         self.epoch = 0
         self.iteration = 0
-        self._stop = False
+        self._stop = False  # Ctrl-C seen by this process
+        self._stop_all = False  # all ranks agreed to stop after this step (distributed runs)
         self._enter_phase()
 
     def _init_from(self, path: str) -> None:
@@ -188,9 +215,16 @@ class Trainer:
         return {str(i): {k: v.detach().cpu() for k, v in p.pipeline.state_dict().items()}
                 for i, p in enumerate(self.phases) if p.pipeline.state_dict()}
 
+    @property
+    def is_main(self) -> bool:
+        """True in a single process and on rank 0 of a distributed run: the process that writes."""
+        return self.dist is None or self.dist.is_main
+
     def save(self, name: str = "last.pt") -> Path:
-        """Write the training state (model, optimiser, position) atomically."""
+        """Write the training state (model, optimiser, position) atomically (rank 0 only)."""
         path = self.run_dir / "checkpoints" / name
+        if not self.is_main:
+            return path
         with atomic_path(path) as tmp:
             torch.save(self._checkpoint_doc(), tmp)
         return path
@@ -209,24 +243,37 @@ class Trainer:
             self.optimizer.load_state_dict(doc["optimizer"])
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ one step
 
-    def _batch_inputs(self, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_inputs(self, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor, BatchShard | None]:
+        """The network inputs and labels of batch ``it`` of ``epoch`` (this rank's rows in a
+        distributed run, with its :class:`BatchShard`; augmentation drawn for the global batch)."""
         b = self.sampler.batch(epoch, it)
         class_pos = _class_positions(b.labels)
         idx = torch.from_numpy(b.indices).to(self.device)
-        patches = self.patches.index_select(0, idx)
+        labels = self.labels.index_select(0, idx)
         params = None
         if self.cfg.loop.augment:
             rng = np.random.default_rng([self.cfg.loop.seed, self.phase, epoch, it, 1])
-            params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=patches.shape[-1])
-        x = network_input(patches, params, self.model.input_scale, self.cfg.augment.out_size)
+            params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=self.patches.shape[-1])
+        shard = None
+        if self.dist is not None:
+            bounds = distributed.shard_bounds(class_pos, len(b.classes), self.dist.world_size)
+            shard = BatchShard(labels, tuple(int(v) for v in bounds), self.dist)
+            lo, hi = shard.start, shard.stop
+            idx = idx[lo:hi]
+            if params is not None:
+                params = AugmentParams(params.theta[lo:hi], params.flip[lo:hi], params.transpose[lo:hi])
+        x = network_input(self.patches.index_select(0, idx), params, self.model.input_scale, self.cfg.augment.out_size)
+        x = x.to(self.dtype)
         if self.device.type == "cuda" and self.cfg.loop.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels.index_select(0, idx)
+        return x, labels if shard is None else labels[shard.start:shard.stop], shard
 
     def step(self, epoch: int, it: int) -> dict[str, float]:
         """Run one optimisation step of the current phase; returns its statistics."""
@@ -235,23 +282,26 @@ class Trainer:
         set_lr_beta1(self.optimizer, lr, beta1)
         step = sum(p.steps for p in self.phases[: self.phase]) + epoch * ph.iters_per_epoch + it
         torch.manual_seed(_step_seed(self.cfg.loop.seed, step))
-        x, labels = self._batch_inputs(epoch, it)
+        x, labels, shard = self._batch_inputs(epoch, it)
         self.model.train()
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.device.type == "cuda" and self.cfg.loop.bf16 else nullcontext())
         with amp:
-            out = loss_step(self.step_model, ph.pipeline, x, labels)
+            out = loss_step(self.step_model, ph.pipeline, x, labels, shard=shard)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.dist is not None:  # every rank ran the global loss: sum the ranks' shares of the gradient
+            self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop)
         self.optimizer.step()
-        return {"loss": float(out.loss.detach()), "lr": lr, "patches": float(len(labels)), **out.stats}
+        patches = len(labels) if shard is None else len(shard.labels)
+        return {"loss": float(out.loss.detach()), "lr": lr, "patches": float(patches), **out.stats}
 
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> float | None:
         """FPR95 (HardNet definition) on the validation pairs, or None without a set."""
         vs = self.val_set
-        if vs is None or vs.pairs is None:
+        if vs is None or vs.pairs is None or not self.is_main:
             return None
         return evaluate_brown_model(self.model, vs, max_pairs=self.cfg.data.val_pairs, device=self.device).fpr95
 
@@ -268,13 +318,11 @@ class Trainer:
         the current step finishes, ``checkpoints/last.pt`` is written and KeyboardInterrupt is
         raised.
         """
-        progress = or_no_progress(progress)
-        say = log or (lambda line: None)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg = self.cfg.loop
+        progress = or_no_progress(progress if self.is_main else None)
+        say = (log if self.is_main else None) or (lambda line: None)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        done_here = 0
-        window_t, window_n = time.perf_counter(), 0.0
         previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum: int, frame: Any) -> None:
@@ -284,56 +332,68 @@ class Trainer:
             signal.signal(signal.SIGINT, on_sigint)
         except ValueError:  # not in the main thread
             previous = None
-        history: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []  # the validation records of this call
         if self.val_note:
             say(self.val_note)
         for line in self.data_notes:
             say(line)
         say(geometry_line(self.train_set.geometry, self.mixed_geometry))
         try:
-            while self.phase < len(self.phases):
-                ph = self.phases[self.phase]
-                if self.epoch == 0 and self.iteration == 0:
-                    say(phase_line(ph))
-                while self.iteration < ph.iters_per_epoch:
-                    stats = self.step(self.epoch, self.iteration)
-                    self.iteration += 1
-                    done_here += 1
-                    window_n += stats["patches"]
-                    step = self.global_step
-                    if step % cfg.log_every == 0 or self.iteration == ph.iters_per_epoch:
-                        now = time.perf_counter()
-                        stats["patches_per_s"] = window_n / max(now - window_t, 1e-9)
-                        window_t, window_n = now, 0.0
-                        self._log({"step": step, "phase": ph.name, "epoch": self.epoch, **stats})
-                    progress("train", step, self.total_steps, stats)
-                    if self._stop or (stop_after is not None and done_here >= stop_after):
-                        self.save()
-                        if self._stop:
-                            raise KeyboardInterrupt
-                        return TrainSummary(True, step)  # seconds, validation and model stay None
-                self.epoch += 1
-                self.iteration = 0
-                finished = self.epoch
-                rec = {"phase": ph.name, "epoch": finished, "step": self.global_step, "val_fpr95": self.validate()}
-                history.append(rec)
-                self._log(rec)
-                if rec["val_fpr95"] is not None:
-                    say(f"phase {ph.name} epoch {finished}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
-                if self.epoch == ph.epochs:  # the phase is over: the checkpoint starts the next one
-                    self.phase += 1
-                    self.epoch = 0
-                    if self.phase < len(self.phases):
-                        self._enter_phase()
-                self.save()
-                self.save(f"{ph.name}_epoch_{finished:03d}.pt")
+            with distributed.collective_errors(self.dist):
+                return self._loop(progress, say, stop_after, history, start)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _loop(self, progress: Progress, say: Callable[[str], None], stop_after: int | None,
+              history: list[dict[str, Any]], start: float) -> TrainSummary:
+        """:meth:`fit`'s loop over the phases, epochs and steps from the current position."""
+        cfg = self.cfg.loop
+        done_here = 0
+        window_t, window_n = time.perf_counter(), 0.0
+        while self.phase < len(self.phases):
+            ph = self.phases[self.phase]
+            if self.epoch == 0 and self.iteration == 0:
+                say(phase_line(ph))
+            while self.iteration < ph.iters_per_epoch:
+                stats = self.step(self.epoch, self.iteration)
+                self.iteration += 1
+                done_here += 1
+                window_n += stats["patches"]
+                step = self.global_step
+                if step % cfg.log_every == 0 or self.iteration == ph.iters_per_epoch:
+                    now = time.perf_counter()
+                    stats["patches_per_s"] = window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0.0
+                    self._log({"step": step, "phase": ph.name, "epoch": self.epoch, **stats})
+                progress("train", step, self.total_steps, stats)
+                # a distributed run stops where all ranks agreed (the gradient all-reduce carries it)
+                interrupted = self._stop_all if self.dist is not None else self._stop
+                if interrupted or (stop_after is not None and done_here >= stop_after):
+                    self.save()
+                    if interrupted:
+                        raise KeyboardInterrupt
+                    return TrainSummary(True, step)  # seconds, validation and model stay None
+            self.epoch += 1
+            self.iteration = 0
+            finished = self.epoch
+            rec = {"phase": ph.name, "epoch": finished, "step": self.global_step, "val_fpr95": self.validate()}
+            history.append(rec)
+            self._log(rec)
+            if rec["val_fpr95"] is not None:
+                say(f"phase {ph.name} epoch {finished}: validation FPR95 {100 * rec['val_fpr95']:.2f} %")
+            if self.epoch == ph.epochs:  # the phase is over: the checkpoint starts the next one
+                self.phase += 1
+                self.epoch = 0
+                if self.phase < len(self.phases):
+                    self._enter_phase()
+            self.save()
+            self.save(f"{ph.name}_epoch_{finished:03d}.pt")
         from descbal.models.checkpoint import save_checkpoint
 
-        save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)),
-                        **self._geometry_doc())
+        if self.is_main:
+            save_checkpoint(self.run_dir / "model.pt", self.model, run_config=dump_toml(to_dict(self.cfg)),
+                            **self._geometry_doc())
         return TrainSummary(False, self.total_steps, time.perf_counter() - start, tuple(history),
                             str(self.run_dir / "model.pt"))
 
@@ -425,10 +485,12 @@ def load_training_data(data: DataConfig) -> TrainingData:
 
 
 def _trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
+    """The run's trainer; one rank of a distributed run when torch's launcher started this process."""
+    dist = distributed.init_from_env(cfg.loop.device, cfg.loop.dist_timeout_s) if distributed.launched() else None
     data = load_training_data(cfg.data)
     val, note = validation_set(cfg.data, data.train)
     return Trainer(cfg, run_dir, data.train, val, val_note=note, data_notes=data.geometry.notes,
-                   mixed_geometry=data.geometry.mixed)
+                   mixed_geometry=data.geometry.mixed, dist=dist)
 
 
 def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
@@ -437,9 +499,11 @@ def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise BadInputError("run folder already holds a run; use --resume to continue it", run_dir)
     trainer = _trainer(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
-    write_text_atomic(run_dir / "environment.json", json.dumps(environment(trainer.device), indent=2) + "\n")
+    if trainer.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
+        write_text_atomic(run_dir / "environment.json",
+                          json.dumps(environment(trainer.device, trainer.dist), indent=2) + "\n")
     return trainer
 
 

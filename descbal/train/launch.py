@@ -1,0 +1,147 @@
+"""``descbal train --nproc N``: one run on N local processes, started by torch's elastic
+launcher (the machinery behind ``torchrun``; no launcher of our own).
+
+Each process is one rank (``descbal.train.distributed``); rank 0 prints what ``descbal train``
+prints (the start line, progress, log lines) and its summary comes back to the caller. Before
+anything starts, the configuration is resolved here and checked against N (classes per batch
+divisible by N; enough GPUs). A rank that fails ends the run: the launcher stops the others and
+:func:`train_processes` raises one error naming the rank (exit 1), or the rank's own error
+(a bad input: exit 2 or 3). Ctrl-C stops every rank after the same step with a checkpoint
+(KeyboardInterrupt here, exit 130).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from descbal.errors import BadInputError, DescbalError
+from descbal.train.trainer import TrainSummary
+
+
+def _resolved_config(kwargs: dict[str, Any]) -> Any:
+    from descbal.config import load_config
+    from descbal.errors import DataMissingError
+    from descbal.run_config import resolve_run_config
+    from descbal.train.config import RunConfig
+
+    if kwargs.get("resume") is not None:
+        cfg_path = Path(kwargs["resume"]) / "config.toml"
+        if not cfg_path.is_file():
+            raise DataMissingError("no run to resume (config.toml missing)", kwargs["resume"])
+        return load_config(RunConfig, cfg_path)
+    return resolve_run_config(kwargs.get("recipe"), kwargs.get("config"), kwargs.get("overrides", ()),
+                              kwargs.get("data"), kwargs.get("val"), kwargs.get("seed"), kwargs.get("device"),
+                              no_val=bool(kwargs.get("no_val")))
+
+
+def check_launch(nproc: int, kwargs: dict[str, Any]) -> None:
+    """BadInputError when the run of ``open_run(**kwargs)`` cannot run on ``nproc`` processes."""
+    from descbal.devices import resolve_device
+    from descbal.train import distributed
+    from descbal.train.phases import build_phases
+
+    if nproc < 1:
+        raise BadInputError(f"--nproc must be >= 1, got {nproc}")
+    cfg = _resolved_config(kwargs)
+    distributed.check_divisible(build_phases(cfg), nproc)
+    dev = resolve_device(cfg.loop.device)
+    if dev.type == "cuda" and nproc > torch.cuda.device_count():
+        raise BadInputError(f"--nproc {nproc} on CUDA, but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def train_processes(nproc: int, kwargs: dict[str, Any], quiet: bool = False) -> TrainSummary:
+    """Run ``descbal train`` (``open_run(**kwargs)`` then ``fit``, :func:`rank_main`) on
+    ``nproc`` local processes; returns rank 0's :class:`TrainSummary`.
+
+    Raises:
+        BadInputError / DataMissingError: the run cannot start (also when a rank reports it).
+        DescbalError: a rank failed (exit 1), naming it and how it ended.
+        KeyboardInterrupt: Ctrl-C; the run stopped with a checkpoint.
+    """
+    check_launch(nproc, kwargs)
+    results = run_local(nproc, rank_main, kwargs, quiet)
+    return _summary_of(results)
+
+
+def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """``fn(*args)`` on ``nproc`` local processes, ranks of one process group-to-be (torch's
+    elastic launcher, spawn start; ``fn`` must be importable by name and its result picklable).
+    Returns ``{rank: result}``.
+
+    ``OMP_NUM_THREADS`` defaults to the cores divided among the processes (torchrun's rule).
+    SIGINT is left to the processes (each finishes its step; see :mod:`descbal.train.launch`).
+
+    Raises:
+        DescbalError: a process failed; names the lowest failed rank and how it ended.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", run_id=f"descbal-{uuid.uuid4().hex[:12]}", max_restarts=0,
+                          monitor_interval=0.2, start_method="spawn",
+                          signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")  # Ctrl-C: the ranks stop themselves
+    env_before = os.environ.get("OMP_NUM_THREADS")
+    if env_before is None:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return elastic_launch(config, fn)(*args)
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        how = (f"was killed by signal {failure.signal_name()}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        raise DescbalError(f"rank {rank} of {nproc} {how}; the run stopped (continue from its last checkpoint "
+                           "with --resume)") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if env_before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _summary_of(results: dict[int, dict[str, Any]]) -> TrainSummary:
+    """Rank 0's summary, or the error the ranks reported (a user error first)."""
+    errors = sorted((r, d) for r, d in results.items() if "error" in d)
+    if errors:
+        rank, doc = next(((r, d) for r, d in errors if d["exit_code"] in (2, 3)), errors[0])
+        err = DescbalError(str(doc["error"]))
+        err.exit_code = int(doc["exit_code"])
+        raise err
+    if any(d.get("interrupted") for d in results.values()):
+        raise KeyboardInterrupt
+    s = results[0]["summary"]
+    val = s.get("validation")
+    return TrainSummary(bool(s["stopped"]), int(s["steps"]), s.get("seconds"),
+                        None if val is None else tuple(val), s.get("model"))
+
+
+def rank_main(kwargs: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """One rank of :func:`train_processes`: ``open_run(**kwargs)`` and ``fit``, printing (on
+    rank 0) what ``descbal train`` prints. Returns ``{"summary": ...}``, ``{"error", "exit_code"}``
+    or ``{"interrupted": True}`` (so the caller reports one clean line)."""
+    from descbal.console import progress_reporter, show, stderr
+    from descbal.report import train_start_line
+    from descbal.train import distributed
+    from descbal.train.trainer import open_run
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher's children inherit SIG_IGN
+    try:
+        trainer = open_run(**kwargs)
+        q = quiet or not trainer.is_main
+        show([train_start_line(trainer.run_dir, trainer.device, trainer.global_step, trainer.total_steps)], q)
+        with progress_reporter(q) as progress:
+            summary = trainer.fit(progress=progress, log=None if q else stderr.print)
+        return {"summary": summary.to_json()}
+    except DescbalError as e:
+        return {"error": str(e), "exit_code": e.exit_code}
+    except KeyboardInterrupt:
+        return {"interrupted": True}
+    finally:
+        distributed.shutdown()
