@@ -540,8 +540,13 @@ def train_cmd(
             with progress_reporter(quiet) as progress:
                 summary = trainer.fit(progress=progress, log=None if quiet else stderr.print)
         except KeyboardInterrupt:
-            stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
+            if trainer.is_main:
+                stderr.print(f"interrupted: checkpoint saved; continue with 'descbal train --resume {trainer.run_dir}'")
             raise typer.Exit(130) from None
+        finally:
+            from descbal.train import distributed
+
+            distributed.shutdown()  # leaves a torchrun rank's process group (nothing otherwise)
         if not trainer.is_main:
             return
     show(train_report(summary), quiet)

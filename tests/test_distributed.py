@@ -394,3 +394,16 @@ def test_nproc_run_with_a_killed_rank_exits_nonzero(train_h5: str, tmp_path: Pat
     finally:
         p.kill()
         p.communicate()
+
+
+def test_a_rank_error_under_nproc_exits_with_its_code(train_h5: str, tmp_path: Path) -> None:
+    """An error inside the ranks (here: --resume given with other options) is printed once per
+    rank with its rank, and the run exits with its code (2), not a hang or a traceback."""
+    run = tmp_path / "r"
+    (run).mkdir()
+    (run / "config.toml").write_text("")
+    p = subprocess.run(_cli("--resume", str(run), "--seed", "3", "--nproc", "2"), capture_output=True, text=True,
+                       env=_env(), timeout=180)
+    assert p.returncode == 2, p.stderr
+    assert "rank 0: --resume continues a run with its own config" in p.stderr
+    assert "stopped on the error above" in p.stderr and "Traceback" not in p.stderr

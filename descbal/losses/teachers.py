@@ -56,7 +56,7 @@ class FrozenTeacher(Teacher):
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         net = self._net.to(x.device)
         object.__setattr__(self, "_net", net)
-        return net(x)
+        return net(x.to(next(net.parameters()).dtype))  # its own dtype (a float64 student's inputs too)
 
 
 def check_teacher(spec: object) -> None:

@@ -29,7 +29,6 @@ and ``MASTER_PORT``; :func:`init_from_env` reads them. NCCL on CUDA, gloo on the
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -83,7 +82,8 @@ class DistContext:
     def check_same(self, what: str, fingerprint: str) -> None:
         """BadInputError on every rank unless all ranks hold the same ``fingerprint`` (a hex digest).
 
-        ``what`` names it in the message (e.g. "configuration and training data").
+        ``what`` names it in the message (e.g. "configuration and training data"); the first 60
+        bits of the digest are compared.
         """
         mine = torch.tensor([int(fingerprint[:15], 16)], dtype=torch.int64, device=self.device)
         every = [torch.zeros_like(mine) for _ in range(self.world_size)]
@@ -94,19 +94,24 @@ class DistContext:
             raise BadInputError(f"the ranks were started with different {what}: rank {bad[0]}'s differs from "
                                 "rank 0's; start every rank with the same command and files")
 
-    def reduce_gradients(self, params: Iterable[torch.nn.Parameter], stop: bool) -> bool:
-        """Sum the gradients of ``params`` over the ranks (one all-reduce of their concatenation)
-        and agree on stopping: returns True when any rank asked to stop (Ctrl-C), so all ranks
-        stop after the same step."""
+    def reduce_gradients(self, params: Iterable[torch.nn.Parameter], stop: bool,
+                         replicated: Iterable[torch.nn.Parameter] = ()) -> bool:
+        """Sum the gradients of ``params`` (the network's: each rank holds its rows' share) over
+        the ranks, average those of ``replicated`` (a loss head's: every rank computed the whole
+        gradient; averaging keeps the copies equal where GPU kernels round differently), in one
+        all-reduce, and agree on stopping: returns True when any rank asked to stop (Ctrl-C),
+        so all ranks stop after the same step."""
         grads = [p.grad for p in params if p.grad is not None]
+        rep = [p.grad for p in replicated if p.grad is not None]
         dtype = grads[0].dtype if grads else torch.float32
-        flat = torch.cat([g.reshape(-1).to(dtype) for g in grads]
+        flat = torch.cat([g.reshape(-1).to(dtype) for g in grads + rep]
                          + [torch.tensor([float(stop)], dtype=dtype, device=self.device)])
         with self.timed("gradients"):
             dist.all_reduce(flat)
-        o = 0
-        for g in grads:
-            g.copy_(flat[o:o + g.numel()].view_as(g))
+        o, summed = 0, sum(g.numel() for g in grads)
+        for g in grads + rep:
+            part = flat[o:o + g.numel()].view_as(g)
+            g.copy_(part if o < summed else part / self.world_size)
             o += g.numel()
         return bool(flat[-1].item() > 0)
 
@@ -149,17 +154,28 @@ def init_from_env(device: str, timeout_s: float) -> DistContext:
 
     if _CONTEXT is not None:
         return _CONTEXT
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise BadInputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
     dev = resolve_device(device)
     if dev.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise BadInputError(f"local rank {local} needs GPU {local}, but this machine has "
+                                f"{torch.cuda.device_count()}; start at most that many processes per machine")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     elif dev.type != "cpu":
         raise BadInputError(f"distributed training runs on cuda or cpu, not {dev.type}")
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise DescbalError(f"rank {rank} of {world}: could not join the run's process group "
+                               f"({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {first}") from None
     _CONTEXT = DistContext(rank, world, local, dev, backend)
     return _CONTEXT
 
@@ -185,17 +201,10 @@ def collective_errors(ctx: DistContext | None) -> Iterator[None]:
         if isinstance(e, DescbalError):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise DescbalError(f"rank {ctx.rank} of {ctx.world_size}: lost contact with the other ranks ({first}); "
-                           "the run stopped") from None
-
-
-def fingerprint(*parts: bytes | str) -> str:
-    """sha256 hex digest of ``parts`` (what :meth:`DistContext.check_same` compares)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
+        if isinstance(e, dist.DistError) or "gloo" in str(e).lower() or "nccl" in str(e).lower():
+            raise DescbalError(f"rank {ctx.rank} of {ctx.world_size}: lost contact with the other ranks ({first}); "
+                               "the run stopped") from None
+        raise DescbalError(f"rank {ctx.rank} of {ctx.world_size} failed: {type(e).__name__}: {first}") from None
 
 
 def check_divisible(phases: Sequence[Any], world_size: int) -> None:

@@ -92,6 +92,8 @@ class ShardedDropout(nn.Dropout):
         # the single process's op on a global-sized input: its mask (a function of the seed and
         # the element's position) and scaling are exactly those of the global batch
         full = x.new_zeros((total,) + tuple(x.shape[1:]))
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            full = full.contiguous(memory_format=torch.channels_last)  # CUDA draws the mask in memory order
         full = full.index_copy(0, torch.arange(offset, offset + x.shape[0], device=x.device), x)
         return nn.functional.dropout(full, self.p, True)[offset:offset + x.shape[0]]
 

@@ -4,16 +4,18 @@ launcher (the machinery behind ``torchrun``; no launcher of our own).
 Each process is one rank (``descbal.train.distributed``); rank 0 prints what ``descbal train``
 prints (the start line, progress, log lines) and its summary comes back to the caller. Before
 anything starts, the configuration is resolved here and checked against N (classes per batch
-divisible by N; enough GPUs). A rank that fails ends the run: the launcher stops the others and
-:func:`train_processes` raises one error naming the rank (exit 1), or the rank's own error
-(a bad input: exit 2 or 3). Ctrl-C stops every rank after the same step with a checkpoint
-(KeyboardInterrupt here, exit 130).
+divisible by N; enough GPUs). A rank that fails ends the run: it prints its error and exits,
+the launcher stops the others, and :func:`train_processes` raises one error naming the rank
+(exit 1; 2 or 3 when the rank's own error was a bad input or missing data). Ctrl-C stops
+every rank after the same step with a checkpoint (KeyboardInterrupt here, exit 130).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -84,10 +86,14 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # Ctrl-C is left to the ranks (each finishes its step and rank 0 saves); older torch reads
+    # the launcher's signal list from the environment only
+    signals = {"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"}
+    if "signals_to_handle" not in {f.name for f in dataclasses.fields(LaunchConfig)}:
+        os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", signals.pop("signals_to_handle"))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
                           rdzv_endpoint="127.0.0.1:0", run_id=f"descbal-{uuid.uuid4().hex[:12]}", max_restarts=0,
-                          monitor_interval=0.2, start_method="spawn",
-                          signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")  # Ctrl-C: the ranks stop themselves
+                          monitor_interval=0.2, start_method="spawn", **signals)
     env_before = os.environ.get("OMP_NUM_THREADS")
     if env_before is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
@@ -95,7 +101,12 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
-        rank, failure = min(e.failures.items())
+        # a rank's own bad-input / missing-data error (it printed the reason) before the others' exits
+        rank, failure = min(e.failures.items(), key=lambda rf: (rf[1].exitcode not in (2, 3), rf[0]))
+        if failure.exitcode in (2, 3):
+            err = DescbalError(f"rank {rank} of {nproc} stopped on the error above; the run did not continue")
+            err.exit_code = failure.exitcode
+            raise err from None
         how = (f"was killed by signal {failure.signal_name()}" if failure.exitcode < 0
                else f"exited with code {failure.exitcode}")
         raise DescbalError(f"rank {rank} of {nproc} {how}; the run stopped (continue from its last checkpoint "
@@ -107,13 +118,7 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
 
 
 def _summary_of(results: dict[int, dict[str, Any]]) -> TrainSummary:
-    """Rank 0's summary, or the error the ranks reported (a user error first)."""
-    errors = sorted((r, d) for r, d in results.items() if "error" in d)
-    if errors:
-        rank, doc = next(((r, d) for r, d in errors if d["exit_code"] in (2, 3)), errors[0])
-        err = DescbalError(str(doc["error"]))
-        err.exit_code = int(doc["exit_code"])
-        raise err
+    """Rank 0's summary (KeyboardInterrupt when the ranks were interrupted)."""
     if any(d.get("interrupted") for d in results.values()):
         raise KeyboardInterrupt
     s = results[0]["summary"]
@@ -124,8 +129,9 @@ def _summary_of(results: dict[int, dict[str, Any]]) -> TrainSummary:
 
 def rank_main(kwargs: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """One rank of :func:`train_processes`: ``open_run(**kwargs)`` and ``fit``, printing (on
-    rank 0) what ``descbal train`` prints. Returns ``{"summary": ...}``, ``{"error", "exit_code"}``
-    or ``{"interrupted": True}`` (so the caller reports one clean line)."""
+    rank 0) what ``descbal train`` prints. Returns ``{"summary": ...}`` or ``{"interrupted":
+    True}``. On an error it prints it (one line, naming the rank) and exits with its code, so
+    the launcher stops the other ranks at once."""
     from descbal.console import progress_reporter, show, stderr
     from descbal.report import train_start_line
     from descbal.train import distributed
@@ -140,7 +146,11 @@ def rank_main(kwargs: dict[str, Any], quiet: bool) -> dict[str, Any]:
             summary = trainer.fit(progress=progress, log=None if q else stderr.print)
         return {"summary": summary.to_json()}
     except DescbalError as e:
-        return {"error": str(e), "exit_code": e.exit_code}
+        from rich.markup import escape
+
+        rank = os.environ.get("RANK", "?")
+        stderr.print(f"[red]error:[/red] rank {rank}: {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         return {"interrupted": True}
     finally:

@@ -44,7 +44,7 @@ from descbal.data.patchset import CommonGeometry, PatchSet, common_geometry, con
 from descbal.devices import resolve_device
 from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
-from descbal.fileio import atomic_path, write_text_atomic
+from descbal.fileio import atomic_path, sha256_hex, write_text_atomic
 from descbal.geometry import PatchGeometry
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, geometry_entries, read_checkpoint
@@ -146,8 +146,9 @@ class Trainer:
         if dist is not None:
             distributed.check_divisible(self.phases, dist.world_size)
             with distributed.collective_errors(dist):
-                dist.check_same("configuration or training data", distributed.fingerprint(
-                    dump_toml(to_dict(cfg)), train_set.labels.tobytes(), str(train_set.patches.shape)))
+                dist.check_same("configuration or training data", sha256_hex([
+                    dump_toml(to_dict(cfg)).encode(), b"\0", train_set.labels.tobytes(), b"\0",
+                    str(train_set.patches.shape).encode()]))
             distribute_layers(self.model)
         if self.device.type == "cuda" and cfg.loop.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -291,7 +292,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.dist is not None:  # every rank ran the global loss: sum the ranks' shares of the gradient
-            self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop)
+            self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop, ph.pipeline.parameters())
         self.optimizer.step()
         patches = len(labels) if shard is None else len(shard.labels)
         return {"loss": float(out.loss.detach()), "lr": lr, "patches": float(patches), **out.stats}
