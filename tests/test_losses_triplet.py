@@ -53,11 +53,14 @@ def test_distance_matrix_formula() -> None:
     assert d[0, 2].item() == pytest.approx(2 * math.sin(1.0), abs=1e-5)
 
 
-def test_pair_distances_plain_l2_in_float32() -> None:
-    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]], dtype=torch.float64)
+def test_pair_distances_plain_l2_in_float32_at_least() -> None:
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]], dtype=torch.bfloat16)
     d = pair_distances(x, lab(0, 2), lab(1, 1))
-    assert d.dtype == torch.float32
+    assert d.dtype == torch.float32  # half types are widened
     torch.testing.assert_close(d, torch.tensor([5.0, math.sqrt(13.0)]))
+    d64 = pair_distances(x.double(), lab(0, 2), lab(1, 1))
+    assert d64.dtype == torch.float64  # float64 stays (exactness checks)
+    torch.testing.assert_close(d64, torch.tensor([5.0, math.sqrt(13.0)], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------- mining
@@ -246,13 +249,16 @@ def test_gradient_flows_only_through_the_recomputed_distances() -> None:
     assert (got[used].abs().sum(dim=1) > 0).all()
 
 
-def test_call_runs_the_model_in_float32() -> None:
+def test_call_runs_the_loss_in_float32_at_least() -> None:
     torch.manual_seed(1)
+    half = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, dtype=torch.bfloat16), _Normalise())
+    labels = lab(1, 1, 2, 2, 3, 3)
+    out16 = objective(TripletMargin(), half, torch.randn(6, 1, 4, 4, dtype=torch.bfloat16), labels)
+    assert out16.loss.dtype == torch.float32  # a bfloat16 network's loss is computed in float32
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, dtype=torch.float64), _Normalise())
     x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
-    labels = lab(1, 1, 2, 2, 3, 3)
     out = objective(TripletMargin(), model, x, labels)
-    assert out.loss.dtype == torch.float32 and out.loss.requires_grad
+    assert out.loss.dtype == torch.float64 and out.loss.requires_grad  # float64 stays (exactness checks)
     per, stats = per_class(TripletMargin(), model(x).float(), labels)
     assert out.loss.item() == pytest.approx(per.mean().item())
     assert set(out.stats) >= {"pos_dist", "neg_dist"}

@@ -29,8 +29,9 @@ from descbal.losses.miners import hardest_per_class
 from descbal.losses.pipeline import Embedded, Loss
 from descbal.losses.reducers import ClassTerms, mean_reduce
 from descbal.losses.registry import register_loss
+from descbal.losses.sharding import AnchorShard, global_means
 from descbal.losses.teachers import check_teacher
-from descbal.losses.triplet import class_distances
+from descbal.losses.triplet import class_count, class_distances, shard_of
 from descbal.losses.tuples import ClassTuples, Reference
 
 
@@ -40,7 +41,8 @@ def teacher_weight(margin: torch.Tensor, lo: float = -0.55, hi: float = 0.10) ->
     0 at or below ``lo``, ``1 - ((m - hi) / (lo - hi))^2`` in between, 1 at or above ``hi``;
     identically 1 when ``lo == hi``.
     """
-    m = torch.as_tensor(margin, dtype=torch.float32)
+    m = torch.as_tensor(margin)
+    m = m.to(torch.promote_types(m.dtype, torch.float32))
     if lo == hi:
         return torch.ones_like(m)
     ramp = 1.0 - ((m.clamp(lo, hi) - hi) / (lo - hi)) ** 2
@@ -70,7 +72,8 @@ def balance_terms(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, B: torch.Te
 
 
 def _balance_terms(student: torch.Tensor, teacher: torch.Tensor | None, t: ClassTuples, *, lo: float, hi: float,
-                   A: float, R: float, boundary: float | None) -> ClassTerms:
+                   A: float, R: float, boundary: float | None, anchors: AnchorShard | None = None,
+                   count: int | None = None) -> ClassTerms:
     a, b = class_distances(student, t)
     with torch.no_grad():
         if teacher is None:
@@ -79,10 +82,16 @@ def _balance_terms(student: torch.Tensor, teacher: torch.Tensor | None, t: Class
             at, bt = class_distances(teacher.detach(), t)
             w = teacher_weight(bt - at, lo, hi)
         w = w * t.valid
-    B = dynamic_boundary(a, b, A) if boundary is None else torch.tensor(float(boundary), device=a.device)
-    stats = {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()), "B": float(B),
-             "weight_mean": float(w.mean()), "zero_weight": float((w == 0).float().mean())}
-    return ClassTerms(balance_values(a, b, B, R), w, stats)
+    if boundary is not None:
+        B = torch.tensor(float(boundary), device=a.device)
+    elif anchors is None:
+        B = dynamic_boundary(a, b, A)
+    else:  # the medians of every rank's classes
+        ab = anchors.gather(torch.stack([a.detach(), b.detach()], dim=1))
+        B = dynamic_boundary(ab[:, 0], ab[:, 1], A)
+    stats = {"B": float(B), **global_means({"pos_dist": a, "neg_dist": b, "weight_mean": w,
+                                            "zero_weight": (w == 0).to(w.dtype)}, anchors)}
+    return ClassTerms(balance_values(a, b, B, R), w, stats, count=count)
 
 
 def balance_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, lo: float = -0.55,
@@ -115,6 +124,7 @@ class BalanceLoss(Loss):
     """
 
     tuples: ClassVar[type] = ClassTuples
+    shards_anchors: ClassVar[bool] = True
 
     def __init__(self, lo: float = -0.55, hi: float = 0.10, A: float = 1.05, R: float = 1.0,
                  teacher: str = "self", boundary: str | float = "dynamic") -> None:
@@ -132,8 +142,9 @@ class BalanceLoss(Loss):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: ClassTuples, reference: Reference | None,
                 batch: Embedded | None = None) -> ClassTerms:
         teacher = None if batch is None or self.teacher == "none" else batch.teacher
+        anchors = shard_of(batch)
         return _balance_terms(embeddings, teacher, tuples, lo=self.lo, hi=self.hi, A=self.A, R=self.R,
-                              boundary=self.boundary)
+                              boundary=self.boundary, anchors=anchors, count=class_count(labels, anchors))
 
 
 @register_loss("anneal")
@@ -142,6 +153,7 @@ class AnnealLoss(Loss):
     fixed boundary ``B`` (4.25), no teacher."""
 
     tuples: ClassVar[type] = ClassTuples
+    shards_anchors: ClassVar[bool] = True
 
     def __init__(self, threshold: float = -0.10, B: float = 4.25, R: float = 1.0) -> None:
         super().__init__()
@@ -150,6 +162,8 @@ class AnnealLoss(Loss):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: ClassTuples, reference: Reference | None,
                 batch: Embedded | None = None) -> ClassTerms:
         a, b = class_distances(embeddings, tuples)
-        w = ((b.detach() - a.detach()) > self.threshold).float() * tuples.valid
+        w = ((b.detach() - a.detach()) > self.threshold).to(a.dtype) * tuples.valid
+        anchors = shard_of(batch)
         return ClassTerms(balance_values(a, b, self.B, self.R), w,
-                          {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean()), "kept": float(w.mean())})
+                          global_means({"pos_dist": a, "neg_dist": b, "kept": w}, anchors),
+                          count=class_count(labels, anchors))

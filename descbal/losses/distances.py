@@ -6,8 +6,9 @@ near-duplicates (and rounding below 0) to ``sqrt(EPS_D2) = 0.001``. Losses that 
 differentiable distance of two *given* rows use :func:`pair_distances` (the norm of the
 difference, whose gradient is 0, not NaN, at a zero difference).
 
-Autocast is disabled inside every function: tolerances such as 0.005 are below bfloat16's
-resolution near 0.5.
+Autocast is disabled inside every function and inputs are taken to float32 at least
+(:func:`at_least_fp32`: bfloat16 and float16 become float32, float64 stays, for exactness
+checks): tolerances such as 0.005 are below bfloat16's resolution near 0.5.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import torch
 EPS_D2 = 1e-6
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or in its own dtype when that is wider (float64). Shape: any -> same."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def similarity_matrix(x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarities ``x ref^T`` of unit rows in float32. Shape: (N, D), (M, D) -> (N, M);
     ``ref=None`` means ``x`` itself."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = x.float()
-        rf = xf if ref is None else ref.float()
+        xf = at_least_fp32(x)
+        rf = xf if ref is None else at_least_fp32(ref).to(xf.dtype)
         return xf @ rf.T
 
 
@@ -39,7 +45,7 @@ def distance_matrix(x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.T
 
 
 def pair_similarities(x: torch.Tensor, ref: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Similarities ``x[a] . ref[b]`` with gradient, in float32. Shape: (K,).
+    """Similarities ``x[a] . ref[b]`` with gradient, in float32 (at least). Shape: (K,).
 
     Gathers rows when the pairs are few; indexes the dense (N, M) matrix when they are many
     (its gradient is one dense matrix instead of 2 K D gathered values).
@@ -48,17 +54,17 @@ def pair_similarities(x: torch.Tensor, ref: torch.Tensor | None, a: torch.Tensor
     with torch.autocast(device_type=x.device.type, enabled=False):
         if a.numel() * x.shape[1] > x.shape[0] * r.shape[0]:
             return similarity_matrix(x, ref)[a, b]
-        return (x[a].float() * r[b].float()).sum(dim=1)
+        return (at_least_fp32(x[a]) * at_least_fp32(r[b])).sum(dim=1)
 
 
 def pair_distances(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Plain L2 distances ``||x_a - x_b||`` with gradient, in float32. Shape: (N, D), (K,), (K,) -> (K,)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         # vector_norm's gradient is 0 (not NaN) at a zero difference, e.g. a lone patch taken twice
-        return torch.linalg.vector_norm(x[a].float() - x[b].float(), dim=1)
+        return torch.linalg.vector_norm(at_least_fp32(x[a]) - at_least_fp32(x[b]), dim=1)
 
 
 def zero_loss(x: torch.Tensor) -> torch.Tensor:
     """An exact float32 zero attached to ``x``'s graph (so ``backward()`` works and gives 0)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return x.float().sum() * 0.0
+        return at_least_fp32(x).sum() * 0.0

@@ -40,29 +40,36 @@ class Miner(Protocol):
 
 
 @torch.no_grad()
-def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: float = NEAR_DUPLICATE) -> ClassTuples:
+def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: float = NEAR_DUPLICATE,
+                      rows: slice | None = None) -> ClassTuples:
     """Mine one positive and one negative pair per class (see the module docstring).
 
     Args:
         x: (N, D) unit descriptors (gradient is ignored).
         labels: (N,) class ids; every class must have at least one patch.
+        rows: mine only the classes of these rows (whole classes: a distributed rank's
+            anchors, ``descbal.losses.sharding``), against all N candidates.
 
     Returns:
-        :class:`ClassTuples`, one entry per class in ascending class-id order.
+        :class:`ClassTuples` (indices into the N rows), one entry per class (of ``rows``) in
+        ascending class-id order.
     """
-    d = distance_matrix(x.detach())
-    same = labels[:, None] == labels[None, :]
+    start = 0 if rows is None else int(rows.start or 0)
+    anchors = x.detach() if rows is None else x.detach()[rows]
+    d = distance_matrix(anchors, None if rows is None else x.detach())  # (R, N)
+    own = labels if rows is None else labels[rows]
+    same = own[:, None] == labels[None, :]
     big = torch.finfo(d.dtype).max
     dpos = torch.where(same, d, torch.full_like(d, -1.0))
     pmax, pidx = dpos.max(dim=1)
     dneg = torch.where(~same & (d > near_duplicate), d, torch.full_like(d, big))
     nmin, nidx = dneg.min(dim=1)
-    classes, cls_of = torch.unique(labels, return_inverse=True)
+    classes, cls_of = torch.unique(own, return_inverse=True)
     c = classes.shape[0]
     ip = arg_per_class(pmax, cls_of, c, largest=True)
     ineg = arg_per_class(nmin, cls_of, c, largest=False)
     valid = nmin[ineg] < big
-    return ClassTuples(ip, pidx[ip], ineg, nidx[ineg], valid)
+    return ClassTuples(ip + start, pidx[ip], ineg + start, nidx[ineg], valid)
 
 
 def arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool) -> torch.Tensor:
@@ -78,11 +85,14 @@ def arg_per_class(v: torch.Tensor, cls_of: torch.Tensor, c: int, largest: bool) 
 
 @register_miner("hardest")
 class HardestPerClassMiner:
-    """:func:`hardest_per_class` as a registered miner (batch only).
+    """:func:`hardest_per_class` as a registered miner (batch only; in a distributed step, the
+    classes of this rank's anchors against the global batch).
 
     Args:
         near_duplicate: negatives closer than this are skipped (0.008).
     """
+
+    shards_anchors = True
 
     def __init__(self, near_duplicate: float = NEAR_DUPLICATE) -> None:
         self.near_duplicate = float(near_duplicate)
@@ -91,4 +101,5 @@ class HardestPerClassMiner:
                  batch: Any = None) -> ClassTuples:
         if reference is not None:
             raise ValueError("the 'hardest' miner mines the batch only (no reference set)")
-        return hardest_per_class(embeddings, labels, self.near_duplicate)
+        anchors = getattr(batch, "anchors", None)
+        return hardest_per_class(embeddings, labels, self.near_duplicate, None if anchors is None else anchors.rows)

@@ -30,6 +30,7 @@ from descbal.losses.distances import zero_loss
 from descbal.losses.miners import Miner
 from descbal.losses.reducers import Reducer, Terms
 from descbal.losses.registry import LOSSES, MINERS, REDUCERS
+from descbal.losses.sharding import AnchorShard
 from descbal.losses.teachers import Teacher, build_teacher
 from descbal.losses.tuples import ClassTuples, PairTuples, Reference, Tuples
 
@@ -43,7 +44,9 @@ class Embedded:
     ``model`` and ``inputs`` (N, 1, H, W): for parts that run the network again (DDTAS's virtual
     step, a momentum encoder); ``held``: inputs (M, 1, H, W) and labels (M,) held out of the
     embeddings for a meta step (:meth:`Loss.split`); ``reference``: embeddings from elsewhere
-    (other ranks) offered to the loss.
+    (other ranks) offered to the loss; ``anchors``: in a distributed step of a pipeline that
+    shards (:attr:`LossPipeline.shards_anchors`), the rows this rank scores and the reductions
+    over ranks (``descbal.losses.sharding``).
     """
 
     embeddings: torch.Tensor
@@ -54,14 +57,25 @@ class Embedded:
     held: tuple[torch.Tensor, torch.Tensor] | None = None
     reference: Reference | None = None
     ids: torch.Tensor | None = None
+    anchors: AnchorShard | None = None
 
 
 @dataclass
 class StepOutput:
-    """What the pipeline returns for one batch: the scalar loss and float statistics."""
+    """What the pipeline returns for one batch: the scalar loss and float statistics.
+
+    ``total``: the loss of the whole global batch when ``loss`` is one distributed rank's share
+    (None: ``loss`` is the whole); :attr:`value` is the one to report.
+    """
 
     loss: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    total: float | None = None
+
+    @property
+    def value(self) -> float:
+        """The batch's loss as a float (the global batch's in a distributed step)."""
+        return float(self.loss.detach()) if self.total is None else self.total
 
 
 class Loss(nn.Module):
@@ -77,6 +91,7 @@ class Loss(nn.Module):
     default_miner: ClassVar[str] = "hardest"
     default_reducer: ClassVar[str] = "mean"
     suffix_stats: ClassVar[bool] = True  # name each term's statistics after its reference
+    shards_anchors: ClassVar[bool] = False  # scores only Embedded.anchors' rows when given (distributed)
     name: ClassVar[str]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: Tuples, reference: Reference | None,
@@ -140,6 +155,13 @@ class LossPipeline(nn.Module):
 
     def split(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
         return self.loss.split(labels)
+
+    @property
+    def shards_anchors(self) -> bool:
+        """True when loss, miner and reducer all score only a distributed rank's anchors
+        (``shards_anchors`` class attributes; ``descbal.losses.sharding``); otherwise every
+        rank runs the pipeline on the whole gathered batch."""
+        return all(bool(getattr(part, "shards_anchors", False)) for part in (self.loss, self.miner, self.reducer))
 
     def forward(self, batch: Embedded) -> StepOutput:
         emb, labels = batch.embeddings, batch.labels

@@ -33,6 +33,7 @@ class ClassTerms:
     weights: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
     extra: torch.Tensor | None = None  # a scalar added after the reduction (e.g. an auxiliary head's loss)
+    count: int | None = None  # classes a mean is over (a distributed rank's share: the global count); None: C
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,15 @@ def mean_reduce(values: torch.Tensor) -> torch.Tensor:
 
 @register_reducer("mean")
 class MeanReducer:
-    """``mean(w v)`` over every element (see the module docstring)."""
+    """``mean(w v)`` over every element (see the module docstring); class terms with a
+    ``count`` (a distributed rank's share) are summed and divided by it."""
+
+    shards_anchors = True
 
     def __call__(self, terms: Terms) -> torch.Tensor:
         if isinstance(terms, ClassTerms):
+            if terms.count is not None:
+                return _weighted(terms.values, terms.weights).sum() / max(terms.count, 1)
             return mean_reduce(_weighted(terms.values, terms.weights))
         both = torch.cat([_weighted(terms.pos, terms.w_pos), _weighted(terms.neg, terms.w_neg)])
         return mean_reduce(both)

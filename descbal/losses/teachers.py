@@ -13,16 +13,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from descbal.losses.distances import at_least_fp32
+
 
 class Teacher(nn.Module):
-    """``teacher(model, x) -> (N, D)`` float32 embeddings without gradient."""
+    """``teacher(model, x) -> (N, D)`` float32 (at least) embeddings without gradient."""
 
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.embed(model, x).float()
+            return at_least_fp32(self.embed(model, x))
 
 
 class SelfTeacher(Teacher):

@@ -13,6 +13,7 @@ from descbal.losses.distances import pair_distances
 from descbal.losses.pipeline import Embedded, Loss
 from descbal.losses.reducers import ClassTerms
 from descbal.losses.registry import register_loss
+from descbal.losses.sharding import AnchorShard, global_means
 from descbal.losses.tuples import ClassTuples, Reference
 
 
@@ -21,11 +22,24 @@ def class_distances(x: torch.Tensor, t: ClassTuples) -> tuple[torch.Tensor, torc
     return pair_distances(x, t.pos_a, t.pos_b), pair_distances(x, t.neg_a, t.neg_b)
 
 
+def shard_of(batch: Embedded | None) -> AnchorShard | None:
+    """The batch's :class:`~descbal.losses.sharding.AnchorShard` (a distributed rank's anchors), or None."""
+    return None if batch is None else batch.anchors
+
+
+def class_count(labels: torch.Tensor, anchors: AnchorShard | None) -> int | None:
+    """The classes a per-class mean is over: None in one process (all of them are here), else
+    the global batch's class count (``labels`` (N,): the global batch's)."""
+    return None if anchors is None else int(torch.unique(labels).numel())
+
+
 @register_loss("triplet")
 class TripletMargin(Loss):
-    """HardNet triplet margin loss (margin 1 by default) on class tuples."""
+    """HardNet triplet margin loss (margin 1 by default) on class tuples (distributed: this
+    rank's classes against the global batch)."""
 
     tuples = ClassTuples
+    shards_anchors = True
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
@@ -35,5 +49,6 @@ class TripletMargin(Loss):
                 batch: Embedded | None = None) -> ClassTerms:
         a, b = class_distances(embeddings, tuples)
         values = torch.clamp(self.margin + a - b, min=0.0)
-        return ClassTerms(values, tuples.valid.to(values.dtype),
-                          {"pos_dist": float(a.detach().mean()), "neg_dist": float(b.detach().mean())})
+        anchors = shard_of(batch)
+        return ClassTerms(values, tuples.valid.to(values.dtype), global_means({"pos_dist": a, "neg_dist": b}, anchors),
+                          count=class_count(labels, anchors))

@@ -77,7 +77,7 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model
     log_every: int = 10  # iterations between JSONL log lines
     augment: bool = True
-    dtype: str = "float32"  # the network's parameters and inputs: float32 | float64 (exactness checks; losses stay fp32)
+    dtype: str = "float32"  # the network's parameters and inputs: float32 | float64 (exactness checks)
     dist_timeout_s: float = 1800.0  # distributed runs: a collective waiting longer for a rank fails the run
 
 

@@ -9,18 +9,25 @@ How a step runs on W ranks (``descbal.train.step.loss_step``, ``Trainer.step``):
 * each rank embeds its own rows; HyNet's BatchNorm takes its statistics over the global batch
   and dropout draws the global batch's mask and keeps its rows
   (``descbal.train.global_layers``), so each row's embedding is the single-process one;
-* the embeddings are gathered in rank order with gradient (:func:`gather_rows`), and every
-  rank runs the loss pipeline on the gathered global batch: the hardest negatives are mined
-  over the whole global batch, and every statistic (Self-TNet's medians, DDTAS's thresholds,
-  the memory bank's enqueue) is the single process's, identical on all ranks by construction;
-* since every rank evaluates the same global loss, the gathered tensor's backward keeps only
-  the rank's own rows (no communication), and the model's gradients are then *summed* over
-  the ranks in one all-reduce (:meth:`DistContext.reduce_gradients`): the single process's
-  gradient. (DDP would average; a sum needs no rescaling of the loss.)
+* the embeddings are gathered in rank order with gradient (:func:`gather_rows`), so the loss
+  sees the whole global batch: the hardest negatives are mined over all ranks' patches;
+* the triplet-like losses (``triplet``, ``balance``, ``anneal`` with the ``hardest`` miner and
+  the ``mean`` reducer: ``LossPipeline.shards_anchors``) score only this rank's anchors (its
+  own classes) against all candidates and divide by the global class count; what they take
+  over the whole batch (the balance loss's medians, the logged means) is reduced over the
+  ranks (``descbal.losses.sharding``). The ranks' losses add up to the single-process loss,
+  and the gathered tensor's backward sums the ranks' gradients;
+* any other pipeline (DDTAS, memory, OSM) runs whole on every rank on the gathered batch, so
+  its statistics (DDTAS's thresholds, the memory bank's enqueue) are the single process's,
+  identical on all ranks by construction; the gathered tensor's backward then keeps the
+  rank's own rows (no communication);
+* the model's gradients are *summed* over the ranks in one all-reduce
+  (:meth:`DistContext.reduce_gradients`): the single process's gradient. (DDP would average;
+  a sum needs no rescaling of the loss.)
 
-The loss is therefore computed W times (it is small beside the network: the benchmark
-``benchmarks/distributed.py`` prints its share); the network's forward and backward, the cost
-of a step, are split W ways.
+The network's forward and backward, the cost of a step, are split W ways; the pipelines that
+do not shard repeat their (small) loss on every rank: ``benchmarks/distributed.py`` prints
+the time in the loss.
 
 Process start and rendezvous are torch's: ``torchrun`` (or ``descbal train --nproc N``, which
 runs torch's elastic launcher) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``
@@ -256,17 +263,41 @@ class BatchShard:
         return torch.bucketize(rows, edges, right=True).sub(1).bincount(minlength=self.ctx.world_size).tolist()
 
 
-def gather_rows(x: torch.Tensor, counts: Sequence[int], ctx: DistContext) -> torch.Tensor:
+def gather_rows(x: torch.Tensor, counts: Sequence[int], ctx: DistContext, summed: bool = False) -> torch.Tensor:
     """All ranks' rows in rank order: ``cat([x_0, ..., x_{W-1}])``, rank r holding ``counts[r]``
-    rows of the same trailing shape. Differentiable: the gradient of the result keeps this
-    rank's rows only, which is the whole gradient when every rank computes the same function of
-    the result (the loss; module docstring). Shape: (counts[rank], ...) -> (sum(counts), ...)."""
-    return _GatherRows.apply(x, tuple(int(c) for c in counts), ctx)
+    rows of the same trailing shape. Differentiable. The gradient of the result is taken as it
+    is for this rank's rows (right when every rank computes the same function of the result: a
+    pipeline run whole on every rank), or with ``summed`` first summed over the ranks (each
+    rank computed its share of the loss: a sharded pipeline; module docstring).
+    Shape: (counts[rank], ...) -> (sum(counts), ...)."""
+    return _GatherRows.apply(x, tuple(int(c) for c in counts), ctx, summed)
+
+
+def gather_any(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The ranks' ``x`` (each its own first dimension) concatenated in rank order, no gradient
+    (two collectives: the sizes, then the rows)."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
+    with ctx.timed("gather"):
+        dist.all_gather(sizes, n)
+    with torch.no_grad():
+        return gather_rows(x.detach(), [int(s.item()) for s in sizes], ctx)
+
+
+def sum_over_ranks(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Elementwise sum of ``x`` over the ranks, no gradient. Shape: any -> same."""
+    out = x.detach().clone().contiguous()
+    if ctx.world_size > 1:
+        with ctx.timed("gather"):
+            dist.all_reduce(out)
+    return out
 
 
 class _GatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(fctx: Any, x: torch.Tensor, counts: tuple[int, ...], ctx: DistContext) -> torch.Tensor:  # type: ignore[override]
+    def forward(fctx: Any, x: torch.Tensor, counts: tuple[int, ...], ctx: DistContext,  # type: ignore[override]
+                summed: bool) -> torch.Tensor:
+        fctx.ctx, fctx.summed = ctx, summed
         fctx.rank, fctx.offset, fctx.n = ctx.rank, sum(counts[: ctx.rank]), counts[ctx.rank]
         if ctx.world_size == 1:
             return x.clone()
@@ -280,7 +311,11 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(fctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        return grad[fctx.offset:fctx.offset + fctx.n], None, None
+        if fctx.summed and fctx.ctx.world_size > 1:
+            grad = grad.clone().contiguous()
+            with fctx.ctx.timed("gather"):
+                dist.all_reduce(grad)
+        return grad[fctx.offset:fctx.offset + fctx.n], None, None, None
 
 
 def all_reduce_sum(x: torch.Tensor, ctx: DistContext, key: str = "batchnorm") -> torch.Tensor:

@@ -13,6 +13,7 @@ every rank after the same step with a checkpoint (KeyboardInterrupt here, exit 1
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -98,6 +99,12 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
     if env_before is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the launcher logs a failed rank with a traceback of its own; the one line below says it
+    quiet_loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torchelastic-events-null",
+                                                    "torch.multiprocessing")]
+    levels = [lg.level for lg in quiet_loggers]
+    for lg in quiet_loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
@@ -112,6 +119,8 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
         raise DescbalError(f"rank {rank} of {nproc} {how}; the run stopped (continue from its last checkpoint "
                            "with --resume)") from None
     finally:
+        for lg, level in zip(quiet_loggers, levels, strict=True):
+            lg.setLevel(level)
         signal.signal(signal.SIGINT, previous)
         if env_before is None:
             os.environ.pop("OMP_NUM_THREADS", None)

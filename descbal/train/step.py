@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from descbal.losses.distances import at_least_fp32
 from descbal.losses.pipeline import Embedded, LossPipeline, StepOutput
+from descbal.losses.sharding import AnchorShard
 from descbal.losses.tuples import Reference
-from descbal.train.distributed import BatchShard, gather_rows
+from descbal.train.distributed import BatchShard, gather_any, gather_rows, sum_over_ranks
 from descbal.train.global_layers import sharded_rows
 
 
@@ -21,9 +23,12 @@ def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels:
 
     In a distributed run (``shard`` given; ``descbal.train.distributed``) ``x`` and ``labels``
     are this rank's rows of the global batch: the split is the global batch's, the teacher and
-    the student embed this rank's rows, and the pipeline scores the embeddings of all ranks,
-    gathered in rank order (the student's with gradient); the inputs are gathered only for a
-    loss that runs the network itself (``Loss.uses_inputs``).
+    the student embed this rank's rows, and the pipeline gets the embeddings of all ranks,
+    gathered in rank order (the student's with gradient). A pipeline that shards
+    (``LossPipeline.shards_anchors``: the triplet-like losses) scores this rank's anchors
+    against them and the output's ``total`` is the global loss; any other runs whole on every
+    rank. The inputs are gathered only for a loss that runs the network itself
+    (``Loss.uses_inputs``).
 
     Args:
         model: maps (B, 1, H, W) inputs to (B, D) unit descriptors (in train mode).
@@ -44,7 +49,7 @@ def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels:
         if keep is not None:
             x, labels = x[keep], labels[keep]
     teacher = pipeline.teacher(model, x) if pipeline.teacher is not None else None
-    emb = model(x).float()
+    emb = at_least_fp32(model(x))
     return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=x, held=held, reference=reference))
 
 
@@ -69,9 +74,17 @@ def _sharded_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, sha
     teacher = None
     if pipeline.teacher is not None:
         teacher = gather_rows(pipeline.teacher(model, mine), counts, ctx)
+    sharded = pipeline.shards_anchors
     with sharded_rows(offset, total):
-        emb = gather_rows(model(mine).float(), counts, ctx)
+        emb = gather_rows(at_least_fp32(model(mine)), counts, ctx, summed=sharded)
     inputs = gather_rows(mine.detach(), counts, ctx) if pipeline.loss.uses_inputs() else None
-    with ctx.timed("loss"):  # the part every rank repeats (its forward)
-        return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=inputs, held=held,
-                                 reference=reference))
+    anchors = None
+    if sharded:  # this rank's rows of the gathered batch are its anchors
+        anchors = AnchorShard(offset, offset + counts[ctx.rank], lambda t: sum_over_ranks(t, ctx),
+                              lambda t: gather_any(t, ctx))
+    with ctx.timed("loss"):
+        out = pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=inputs, held=held,
+                                reference=reference, anchors=anchors))
+    if sharded:
+        out.total = float(sum_over_ranks(out.loss.detach(), ctx))
+    return out

@@ -295,7 +295,7 @@ class Trainer:
             self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop, ph.pipeline.parameters())
         self.optimizer.step()
         patches = len(labels) if shard is None else len(shard.labels)
-        return {"loss": float(out.loss.detach()), "lr": lr, "patches": float(patches), **out.stats}
+        return {"loss": out.value, "lr": lr, "patches": float(patches), **out.stats}
 
     # ------------------------------------------------------------------ validation
 
