@@ -117,7 +117,8 @@ def run_kwargs(out: str | None, args: list[str], resume: str | None = None) -> d
 def trainer_scenarios(root: str, data: str) -> dict[str, Any]:
     """Rank function: under ``root``, run ``A`` (20 float64 steps of :func:`tiny_run_args`),
     ``B`` (the same, stopped after 7 steps, a copy of the run then kept as ``B7``, resumed to
-    the end), and 10 steps of a memory bank and of DDTAS's learned threshold (``memory``,
+    the end), ``C`` (resumed to the end from the one-process checkpoint the caller wrote
+    there, see :func:`one_process_start`), and 10 steps of a memory bank and of DDTAS's learned threshold (``memory``,
     ``ddtas``), returning this rank's loss-pipeline state of the last two."""
     import shutil
 
@@ -135,6 +136,7 @@ def trainer_scenarios(root: str, data: str) -> dict[str, Any]:
         shutil.copytree(f"{root}/B", f"{root}/B7")
     dist.barrier()
     open_run(resume=f"{root}/B").fit()
+    open_run(resume=f"{root}/C").fit()  # a one-process run's step-7 checkpoint, continued on this world size
     states = {}
     for name, loss in (("memory", "loss={name='memory_contrastive', params={start_iter=3, memory_batches=4}}"),
                        ("ddtas", "loss={name='ddtas', params={meta='threshold', meta_lr=1.0}}")):
@@ -144,3 +146,11 @@ def trainer_scenarios(root: str, data: str) -> dict[str, Any]:
         states[name] = {k: v.numpy().copy() for k, v in t.phases[0].pipeline.state_dict().items()}
     distributed.shutdown()
     return states
+
+
+def one_process_start(root: str, data: str) -> None:
+    """``root/C``: the first 7 float64 steps of :func:`tiny_run_args` on one process (for
+    :func:`trainer_scenarios` to resume on another world size)."""
+    from descbal.train.trainer import open_run
+
+    open_run(**run_kwargs(f"{root}/C", tiny_run_args(data, "loop.dtype=float64"))).fit(stop_after=7)

@@ -26,7 +26,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_fixtures import LOSS_CASES, all_loss_cases, loss_case_step, run_kwargs, tiny_run_args, trainer_scenarios
+from dist_fixtures import (
+    LOSS_CASES,
+    all_loss_cases,
+    loss_case_step,
+    one_process_start,
+    run_kwargs,
+    tiny_run_args,
+    trainer_scenarios,
+)
 from train_fixtures import make_patchset
 
 from descbal.data.patchset import write_patchset
@@ -185,6 +193,8 @@ def test_two_ranks_equal_one_process(name: str, two_rank_cases: dict[int, dict])
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory: pytest.TempPathFactory, train_h5: str) -> tuple[Path, dict[int, dict]]:
     root = tmp_path_factory.mktemp("scenarios")
+    torch.set_num_threads(1)
+    one_process_start(str(root), train_h5)
     return root, run_local(2, trainer_scenarios, str(root), train_h5)
 
 
@@ -220,6 +230,14 @@ def test_resume_on_another_world_size(scenarios: tuple[Path, dict], tmp_path: Pa
     shutil.copytree(root / "B7", run)
     open_run(resume=str(run)).fit()
     assert _weights_rel(_weights(root / "A"), _weights(run)) <= 1e-9
+
+
+def test_one_process_checkpoint_resumed_on_two_ranks(scenarios: tuple[Path, dict]) -> None:
+    """The other direction: one process's step-7 checkpoint continued by 2 ranks ends where the
+    2-rank run ends (float64, 1e-9)."""
+    root, _ = scenarios
+    assert json.loads((root / "C" / "environment.json").read_text())["distributed"] is None
+    assert _weights_rel(_weights(root / "A"), _weights(root / "C")) <= 1e-9
 
 
 def test_memory_and_ddtas_threshold_identical_across_ranks(scenarios: tuple[Path, dict], train_h5: str,
