@@ -1,5 +1,6 @@
-"""Descriptor networks (HyNet, HardNet, SOSNet, TFeat), their registry, checkpoints and the one
-model resolver (:func:`resolve_model`: paths, published weights, architectures, classical names)."""
+"""Descriptor networks (HyNet, HardNet, HardNet8, SOSNet, TFeat), their registry, checkpoints and
+the one model resolver (:func:`resolve_model`: paths, published weights, architectures, classical
+names)."""
 
 from descbal.models.checkpoint import load, save_checkpoint
 from descbal.models.registry import MODELS, build_model, register_model, unwrap_model

@@ -9,22 +9,23 @@ True`` when its training sets disagreed and the first one's is recorded), see
 :func:`geometry_entries` and :func:`checkpoint_geometry`.
 
 :func:`load` also reads published weights of other projects and recognises the architecture
-from the state-dict keys: TFeat ``.params`` files, and the key layouts of the HardNet, HyNet and
-SOSNet releases (optionally wrapped in ``{"state_dict": ...}`` and with DataParallel ``module.``
-prefixes).
+from the state-dict keys (:data:`LAYOUTS`): TFeat ``.params`` files, the HardNet, HyNet and
+SOSNet releases, kornia's HardNet8, and the Self-TNet authors' checkpoints. They may be wrapped
+in ``{"state_dict": ...}`` (or one of :data:`_WRAPPERS`) and carry DataParallel ``module.``
+prefixes; the Self-TNet checkpoints also store every HyNet tensor twice (see :func:`_drop_aliases`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-import descbal.models.hardnet  # noqa: F401  (registers hardnet, sosnet)
+import descbal.models.hardnet  # noqa: F401  (registers hardnet, hardnet8, sosnet)
 import descbal.models.hynet  # noqa: F401
 import descbal.models.tfeat  # noqa: F401
 from descbal.errors import BadInputError, DataMissingError
@@ -33,6 +34,9 @@ from descbal.geometry import PatchGeometry
 from descbal.models.registry import build_model
 
 FORMAT = 1
+# Where releases keep the weights. Self-TNet's checkpoints hold the student network under
+# "S_state_dict" (what the authors' evaluation runs) and a teacher under "T_state_dict", which
+# is ignored (with --teacher=self it is the same network again).
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "S_state_dict", "net")
 
 
@@ -121,32 +125,84 @@ def _load_failure(e: Exception) -> str:
 
 
 def _unwrap(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a published file: inside a wrapper key, without ``module.`` prefixes and
+    without Self-TNet's duplicate copies (:func:`_drop_aliases`)."""
     for key in _WRAPPERS:
         if key in obj and isinstance(obj[key], Mapping):
             return _unwrap(obj[key])
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+    return _drop_aliases(sd)
+
+
+# Self-TNet's network registers layer1 .. layer7 and also features = Sequential(layer1 .. layer7),
+# so its state dict holds each tensor under "layer<i+1>.<rest>" and again under "features.<i>.<rest>".
+_ALIAS = re.compile(r"features\.(\d+)\.(.+)")
+
+
+def _drop_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` without the ``features.<i>.*`` copies of ``layer<i+1>.*`` tensors.
+
+    Only when every ``features.*`` key is such a copy (HardNet's own ``features.*`` keys stay).
+    The copies are the same tensors in the authors' files; a file where they differ is refused
+    rather than one of them chosen.
+
+    Raises:
+        ValueError: a copy that differs from its ``layer`` original.
+    """
+    copies = {k: m for k in sd if k.startswith("features.") and (m := _ALIAS.fullmatch(k)) is not None}
+    originals = {k: f"layer{int(m.group(1)) + 1}.{m.group(2)}" for k, m in copies.items()}
+    if not copies or len(copies) != sum(k.startswith("features.") for k in sd) or any(o not in sd for o in originals.values()):
+        return sd
+    for k, o in originals.items():
+        if sd[k].shape != sd[o].shape or not torch.equal(sd[k], sd[o]):
+            raise ValueError(f"the duplicate weights {k} and {o} differ (the Self-TNet layout stores each tensor twice)")
+    return {k: v for k, v in sd.items() if k not in copies}
+
+
+class Layout(NamedTuple):
+    """A published state-dict layout: the keys that identify it and the model they build."""
+
+    name: str  #: where such files come from, for messages
+    keys: frozenset[str]  #: keys every file of this layout holds
+    arch: str  #: the registered architecture
+    config: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]  #: constructor config from the tensors
+    check: Callable[[Mapping[str, torch.Tensor]], bool] = lambda sd: True  #: tells apart layouts sharing keys
+
+
+def _dim(key: str, axis: int = 0) -> Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]:
+    return lambda sd: {"dim": int(sd[key].shape[axis])}
+
+
+#: The layouts :func:`recognise` knows, tried in order.
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("TFeat release", frozenset({"features.1.weight", "features.4.weight", "descr.0.weight"}), "tfeat",
+           lambda sd: {}),
+    Layout("HardNet8 (kornia)", frozenset({"features.0.weight", "features.22.weight", "components", "mean"}),
+           "hardnet8", _dim("components", 1)),
+    Layout("HyNet release / kornia / Self-TNet", frozenset({"layer1.0.weight", "layer1.2.weight", "layer7.1.weight"}),
+           "hynet", _dim("layer7.1.weight")),
+    Layout("HardNet release / kornia", frozenset({"features.0.weight", "features.19.weight"}), "hardnet",
+           _dim("features.19.weight"), lambda sd: sd["features.0.weight"].shape[-1] == 3),
+    Layout("SOSNet release / kornia", frozenset({"layers.1.weight", "layers.20.weight"}), "sosnet",
+           _dim("layers.20.weight")),
+)
 
 
 def recognise(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
-    """Architecture name and constructor config from a foreign state dict's keys.
+    """Architecture name and constructor config from a foreign state dict's keys (:data:`LAYOUTS`).
 
     Raises:
-        ValueError: the layout is none of TFeat, HardNet, HyNet, SOSNet.
+        ValueError: none of the layouts; one line with a sample of the keys and the known layouts.
     """
     keys = set(state_dict)
-    if {"descr.0.weight", "features.1.weight", "features.4.weight"} <= keys:
-        return "tfeat", {}
-    if {"layer1.0.weight", "layer1.2.weight", "layer7.1.weight"} <= keys:
-        return "hynet", {"dim": int(state_dict["layer7.1.weight"].shape[0])}
-    if {"features.0.weight", "features.19.weight"} <= keys and state_dict["features.0.weight"].shape[-1] == 3:
-        return "hardnet", {"dim": int(state_dict["features.19.weight"].shape[0])}
-    if {"layers.1.weight", "layers.20.weight"} <= keys:
-        return "sosnet", {"dim": int(state_dict["layers.20.weight"].shape[0])}
-    sample = ", ".join(sorted(keys)[:4])
-    raise ValueError(f"unrecognised state-dict layout (keys {sample}, ...)")
+    for layout in LAYOUTS:
+        if layout.keys <= keys and layout.check(state_dict):
+            return layout.arch, layout.config(state_dict)
+    sample = ", ".join(sorted(keys)[:6]) + (", ..." if len(keys) > 6 else "")
+    known = "; ".join(f"{lay.name} ({', '.join(sorted(lay.keys))})" for lay in LAYOUTS)
+    raise ValueError(f"unrecognised state-dict layout ({len(keys)} tensors: {sample or 'none'}); known layouts: {known}")
 
 
 def load(path: str | Path) -> nn.Module:
@@ -187,8 +243,8 @@ def load_weights(path: str | Path) -> LoadedWeights:
         state = obj["state_dict"]
         scale = obj.get("input_scale")
     else:
-        state = _unwrap(obj)
         try:
+            state = _unwrap(obj)
             arch, config = recognise(state)
         except ValueError as e:
             raise BadInputError(str(e), path) from None

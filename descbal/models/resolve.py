@@ -5,7 +5,8 @@ A model spec is, in this order of precedence:
 1. ``NAME=SPEC``: ``SPEC`` resolved as below, shown as ``NAME`` in tables and JSON (a path that
    exists as written, ``=`` included, is a path and not a name);
 2. an existing path: a descbal checkpoint or run folder (kind ``checkpoint``), or published
-   weights of TFeat, HardNet, HyNet or SOSNet (kind ``published``), read by
+   weights of TFeat, HardNet, HardNet8, HyNet, SOSNet or Self-TNet (kind ``published``; the
+   layouts of :data:`descbal.models.checkpoint.LAYOUTS`), read by
    :func:`descbal.models.checkpoint.load_weights`;
 3. a classical descriptor of :data:`descbal.classical.CLASSICAL` (``sift``, ``rootsift``; kind
    ``classical``): commands on patches use its patch form, ``extract`` and ``eval sequences``
