@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.eval.hpatches import HPatchesResult
     from descbal.eval.sequences import SequencesResult
     from descbal.eval.stereo import StereoResult
-    from descbal.extract.pipeline import ExtractResult
     from descbal.export import ExportResult
+    from descbal.extract.pipeline import ExtractResult
     from descbal.match import MatchResult
     from descbal.quickstart import QuickstartResult
     from descbal.sfm.colmap_db import ColmapResult
