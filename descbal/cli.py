@@ -350,6 +350,47 @@ def extract_cmd(
     _finish_skipped(result, strict, quiet)
 
 
+# ------------------------------------------------------------------------------ export
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP.replace(", or sift / rootsift", "") + " A network only.")],
+    out: Annotated[Path, out_option("The file to write (e.g. model.onnx, model.ts).")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx (run by onnxruntime) or torchscript "
+                                              "(torch.jit.load).")] = ExportFormat.onnx,
+    fp16: Annotated[bool, typer.Option("--fp16", help="ONNX only: float16 weights and arithmetic, float32 input and "
+                                       "output (max abs error about 1e-3, tolerance 5e-3).")] = False,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 20; 18 or later).")] = None,
+    check_patches: Annotated[Path | None, typer.Option("--check-patches", help="HPatches patch-column PNG (65 pixels "
+                                                       "wide) whose patches join the parity check.")] = None,
+    seed: Annotated[int, seed_option("Seed of the random parity patches and of an architecture's weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a descriptor network to ONNX or TorchScript, verified against descbal's descriptors.
+
+    The file takes (N, 1, 32, 32) float32 patches in model units (grey levels 0..255 x the
+    model's input_scale) and returns (N, D) descriptors; its metadata says so. Nothing is
+    written (exit 1) when the file's descriptors differ by more than 1e-5 (fp32) from descbal's.
+    """
+    from descbal.console import emit_json, show
+    from descbal.export import export_model
+    from descbal.report import export_report
+
+    result = export_model(model, out, fmt.value, fp16=fp16, opset=opset, overwrite=overwrite,
+                          check_patches=check_patches, seed=seed)
+    show(export_report(result), quiet)
+    emit_json(result.to_json(), json_out)
+
+
 # ------------------------------------------------------------------------------ download
 
 download_app = App(help="Download Brown/UBC PhotoTour and HPatches from live mirrors, verified and resumable.",

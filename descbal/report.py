@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # only for annotations: the report of a download need not imp
     from descbal.eval.hpatches import HPatchesResult
     from descbal.eval.sequences import SequencesResult
     from descbal.eval.stereo import StereoResult
+    from descbal.export import ExportResult
     from descbal.extract.pipeline import ExtractResult
     from descbal.match import MatchResult
     from descbal.quickstart import QuickstartResult
@@ -159,6 +160,17 @@ def extract_report(result: ExtractResult) -> list[Renderable]:
     lines.append(f"{result.out}: {result.extracted} image(s) extracted ({result.num_keypoints} keypoints, "
                  f"{result.images_per_s:.1f} images/s), {result.skipped_existing} already there, "
                  f"{len(result.failed)} failed")
+    return lines
+
+
+def export_report(result: ExportResult) -> list[Renderable]:
+    """``descbal export``: the measured parity per patch set, then the summary line."""
+    lines: list[Renderable] = [f"parity {name}: {p['patches']:.0f} patches, max abs difference {p['max_abs']:.3g}"
+                               for name, p in result.parity.items()]
+    opset = f", opset {result.opset}" if result.opset is not None else ""
+    lines.append(f"{result.out}: {result.arch} {result.format}{opset}{', fp16' if result.fp16 else ''}, "
+                 f"(N, 1, 32, 32) -> (N, {result.dim}); max abs difference {result.max_abs_difference:.3g} "
+                 f"<= {result.tolerance:g} ({result.seconds:.1f} s)")
     return lines
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import typing
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -56,6 +57,8 @@ MISSING = [
     ("train", "val", ["--recipe", "triplet", "--data", "{train}", "--val", "{nope}.h5", "--out", "{out}/run"]),
     ("train", "model.init", ["--recipe", "triplet", "--data", "{train}", "--set", "model.init={nope}.pt",
                              "--set", "loop.device=cpu", "--out", "{out}/run"]),
+    ("export", "model", ["{nope}.pt", "-o", "{out}/m.onnx"]),
+    ("export", "check_patches", ["hardnet", "-o", "{out}/m.onnx", "--check-patches", "{nope}.png"]),
     ("make-benchmark", "sequences", ["{nope}", "-o", "{out}/bench"]),
     ("match", "features", ["{nope}.h5", "--pairs", "{image_pairs}", "-o", "{out}/m.h5"]),
     ("match", "pairs", ["{features}", "--pairs", "{nope}.txt", "-o", "{out}/m.h5"]),
@@ -177,7 +180,8 @@ def test_one_option_per_concept_across_commands() -> None:
             assert len(longs) == 1, (name, p.opts)
             tp = p.type_descriptor.annotation
             tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp  # repeatable: its element
-            kind = (shorts, str(tp), bool(p.is_flag), name)
+            # a choice is a choice: --format picks among feature formats in extract, file formats in export
+            kind = (shorts, "choice" if isinstance(tp, type) and issubclass(tp, Enum) else str(tp), bool(p.is_flag), name)
             first = seen.setdefault(longs[0], kind)
             assert first[:3] == kind[:3], f"{longs[0]}: {first[3]} {first[:3]} vs {name} {kind[:3]}"
             for s in shorts:

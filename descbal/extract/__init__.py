@@ -4,6 +4,7 @@ text). The detectors are :mod:`descbal.detectors` (shared with the data builders
 
 from descbal.extract.describers import (
     KEYPOINT_DESCRIPTORS,
+    ExportedDescriber,
     NetworkDescriber,
     OpenCVDescriber,
     load_describer,
@@ -19,6 +20,7 @@ __all__ = [
     "ExtractConfig",
     "FeatureExtractor",
     "Features",
+    "ExportedDescriber",
     "NetworkDescriber",
     "OpenCVDescriber",
     "Pyramid",

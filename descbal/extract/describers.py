@@ -3,6 +3,9 @@
 * :class:`NetworkDescriber`: the image's pyramid goes to the device once, every keypoint's
   32x32 patch is sampled there in one batch (:mod:`descbal.extract.sampling`) and the model
   describes the patches in batches.
+* :class:`ExportedDescriber`: a file written by ``descbal export`` (``--model FILE.onnx``)
+  run by onnxruntime on the CPU, on patches sampled exactly as for :class:`NetworkDescriber`,
+  so a deployed file is checked in the pipeline it will run in.
 * :class:`OpenCVDescriber`: a classical descriptor (``sift``, ``rootsift``) computed by OpenCV
   on the keypoints themselves, in OpenCV's own scale space (no resampled patches), as a
   reference point for the learned models. The geometry's conventions still say how keypoints
@@ -31,8 +34,9 @@ from descbal.devices import resolve_device
 from descbal.errors import BadInputError
 from descbal.extract.sampling import image_pyramid, sample_patches
 from descbal.geometry import PatchGeometry, decode_keypoints
+from descbal.models.exported import ExportedModel, is_onnx_spec
 from descbal.models.inference import inference_copy, prepare_input
-from descbal.models.resolve import ModelSpec, resolve_model
+from descbal.models.resolve import ModelSpec, ResolvedModel, resolve_model
 
 PATCH_SIZE = 32
 
@@ -46,6 +50,14 @@ class Describer(Protocol):
         """``(descriptors (M, D) float32, kept (M,) indices into kps)``; M < N only when the
         descriptor drops keypoints (OpenCV may)."""
         ...
+
+
+@torch.inference_mode()
+def keypoint_patches(image: NDArray[np.uint8], kps: Keypoints, geometry: PatchGeometry,
+                     device: torch.device) -> torch.Tensor:
+    """Every keypoint's 32x32 patch of 0..255 grey levels, sampled on ``device`` from the image's
+    pyramid. Shape: (H, W) uint8, N keypoints -> (N, 1, 32, 32) float32."""
+    return sample_patches(image_pyramid(image, device), kps.xy, kps.size, kps.angle, geometry, PATCH_SIZE)
 
 
 class NetworkDescriber:
@@ -75,10 +87,9 @@ class NetworkDescriber:
         self.provenance = {**(provenance or {"model": getattr(model, "arch", type(model).__name__), "kind": "network"}),
                            "compute_dtype": "bfloat16" if bf16 else "float32"}
 
-    @torch.inference_mode()
     def patches(self, image: NDArray[np.uint8], kps: Keypoints) -> torch.Tensor:
         """The network's input patches, before ``input_scale``. Shape: -> (N, 1, 32, 32) float32."""
-        return sample_patches(image_pyramid(image, self.device), kps.xy, kps.size, kps.angle, self.geometry, PATCH_SIZE)
+        return keypoint_patches(image, kps, self.geometry, self.device)
 
     @torch.inference_mode()
     def describe_patches(self, patches: torch.Tensor) -> NDArray[np.float32]:
@@ -92,6 +103,57 @@ class NetworkDescriber:
 
     def __call__(self, image: NDArray[np.uint8], kps: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         return self.describe_patches(self.patches(image, kps)), np.arange(len(kps), dtype=np.int64)
+
+
+class ExportedDescriber:
+    """A file written by ``descbal export`` applied to 32x32 patches sampled on the device.
+
+    Args:
+        model: the exported file (:class:`~descbal.models.exported.ExportedModel`; onnxruntime
+            on the CPU for ONNX); patches are multiplied by its ``input_scale`` as for the
+            network it came from.
+        geometry, device, batch_size: as for :class:`NetworkDescriber` (the device samples the
+            patches; the file runs on the CPU).
+    """
+
+    def __init__(self, model: ExportedModel, geometry: PatchGeometry = PatchGeometry(),
+                 device: str | torch.device = "cpu", batch_size: int = 1024) -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.geometry = geometry
+        self.batch_size = batch_size
+        self.provenance = {**model.provenance(), "kind": "network", "input_scale": model.input_scale,
+                           "compute_dtype": "float16" if model.metadata.get("fp16") else "float32"}
+
+    def patches(self, image: NDArray[np.uint8], kps: Keypoints) -> torch.Tensor:
+        """The file's input patches, before ``input_scale``. Shape: -> (N, 1, 32, 32) float32."""
+        return keypoint_patches(image, kps, self.geometry, self.device)
+
+    @torch.inference_mode()
+    def describe_patches(self, patches: torch.Tensor) -> NDArray[np.float32]:
+        """Descriptors of 0..255 patches. Shape: (N, 1, 32, 32) -> (N, D) float32."""
+        scale = self.model.input_scale
+        out = [self.model(patches[s : s + self.batch_size].cpu() * scale) for s in range(0, len(patches), self.batch_size)]
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(out)
+
+    def __call__(self, image: NDArray[np.uint8], kps: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        return self.describe_patches(self.patches(image, kps)), np.arange(len(kps), dtype=np.int64)
+
+
+def describer_model(model: ModelSpec | ExportedModel) -> ResolvedModel | ExportedModel:
+    """What a ``--model`` value names for extraction: an exported ONNX file (``FILE.onnx``,
+    ``NAME=FILE.onnx``) as an :class:`~descbal.models.exported.ExportedModel`, anything else
+    through :func:`~descbal.models.resolve.resolve_model`. Both have ``.geometry``: the patch
+    geometry the model was trained with (None when unknown)."""
+    if isinstance(model, ExportedModel):
+        return model
+    onnx_file = is_onnx_spec(model)
+    if onnx_file is None:
+        return resolve_model(model)
+    name, path = onnx_file
+    return ExportedModel(path, name=name)
 
 
 # ---------------------------------------------------------------------------------- OpenCV
@@ -162,12 +224,13 @@ class OpenCVDescriber:
         return np.asarray(desc, dtype=np.float32), idx
 
 
-def load_describer(model: ModelSpec, geometry: PatchGeometry = PatchGeometry(),
+def load_describer(model: ModelSpec | ExportedModel, geometry: PatchGeometry = PatchGeometry(),
                    device: str | torch.device = "cpu", batch_size: int = 1024,
-                   bf16: bool = False) -> NetworkDescriber | OpenCVDescriber:
-    """A describer from a ``--model`` value (:func:`descbal.models.resolve.resolve_model`: a
-    checkpoint, run folder or published weights, an architecture name, a classical descriptor,
-    ``NAME=`` any of these, an nn.Module or a resolved model).
+                   bf16: bool = False) -> NetworkDescriber | ExportedDescriber | OpenCVDescriber:
+    """A describer from a ``--model`` value (:func:`describer_model`: an exported ``.onnx``
+    file, else :func:`descbal.models.resolve.resolve_model`: a checkpoint, run folder or
+    published weights, an architecture name, a classical descriptor, ``NAME=`` any of these,
+    an nn.Module or a resolved model).
 
     The provenance records the display name (``model``), ``kind`` (``network`` or ``opencv``),
     ``model_kind``, the architecture, the weights file (``source``) and its SHA-256. ``bf16``
@@ -176,9 +239,14 @@ def load_describer(model: ModelSpec, geometry: PatchGeometry = PatchGeometry(),
     Raises:
         DataMissingError: a model path that does not exist.
         BadInputError: an unknown name, a file that is not usable weights, a classical
-            descriptor without a keypoint form, or ``bf16`` with an OpenCV descriptor.
+            descriptor without a keypoint form, or ``bf16`` with an OpenCV descriptor or an
+            exported file.
     """
-    resolved = resolve_model(model)
+    resolved = describer_model(model)
+    if isinstance(resolved, ExportedModel):
+        if bf16:
+            raise BadInputError("--bf16 applies to PyTorch networks, not to an exported file", resolved.path)
+        return ExportedDescriber(resolved, geometry, device, batch_size)
     if resolved.classical is not None:
         if bf16:
             raise BadInputError(f"--bf16 applies to networks, not to the OpenCV descriptor {resolved.classical!r}")

@@ -22,11 +22,11 @@ from numpy.typing import NDArray
 
 from descbal.detectors import detect, get_detector
 from descbal.devices import resolve_device
-from descbal.extract.describers import PATCH_SIZE, load_describer
+from descbal.extract.describers import PATCH_SIZE, describer_model, load_describer
 from descbal.extract.writers import COMMIT_EVERY_IMAGES, COMMIT_EVERY_S, Features, open_writer
 from descbal.geometry import GeometryOptions, GeometrySpec, decode_keypoints, resolve_geometry
 from descbal.images import UnreadableImageError, fit_max_side, list_images, read_gray
-from descbal.models.resolve import ModelSpec, resolve_model
+from descbal.models.resolve import ModelSpec
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 
@@ -35,7 +35,7 @@ from descbal.results import JsonResult
 class ExtractConfig:
     """Extraction settings; the CLI's defaults are these."""
 
-    model: str = "sift"  # any model spec (descbal.models.resolve): path, architecture, sift/rootsift, NAME=...
+    model: str = "sift"  # any model spec (descbal.models.resolve): path, architecture, sift/rootsift, NAME=..., FILE.onnx
     detector: str = "sift"  # a name in descbal.detectors.DETECTORS that this OpenCV build has
     max_keypoints: int = 2048  # per image, strongest by response; 0 keeps all
     # keypoint -> patch conventions: options (mag / upright not given: the model's trained ones, else 5 / oriented)
@@ -77,7 +77,8 @@ class FeatureExtractor:
     Args:
         model: any model spec (:func:`descbal.models.resolve.resolve_model`: a checkpoint, run
             folder or published weights, an architecture or OpenCV descriptor name, ``NAME=``
-            any of these, an nn.Module or a resolved model).
+            any of these, an nn.Module or a resolved model), or a file written by
+            ``descbal export`` (``FILE.onnx``, run by onnxruntime; :func:`~descbal.extract.describers.describer_model`).
         detector: a registered detector name (one this OpenCV build has).
         max_keypoints: keep the strongest by response (0: all).
         geometry: keypoint-to-patch conventions (also how OpenCV descriptors read keypoints):
@@ -108,7 +109,7 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.detector = detector
         self.max_keypoints = max_keypoints
-        resolved = resolve_model(model)
+        resolved = describer_model(model)
         self.geometry, self.geometry_source = resolve_geometry(geometry, resolved.geometry)
         self.describer = load_describer(resolved, self.geometry, self.device, batch_size, bf16)
 

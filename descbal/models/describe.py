@@ -58,6 +58,12 @@ def resize_linear_u8(patches: NDArray[np.uint8], size: int = 32) -> NDArray[np.u
     return np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR) for x in p])
 
 
+def patch_tensor(small: NDArray[np.uint8], scale: float, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The network input of 32x32 uint8 patches: float32 grey levels times ``scale`` (a model's
+    ``input_scale``). Shape: (N, 32, 32) uint8 -> (N, 1, 32, 32) float32."""
+    return torch.from_numpy(np.ascontiguousarray(small, np.uint8)).to(device).float().unsqueeze(1) * scale
+
+
 @torch.inference_mode()
 def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 2048,
              device: str | torch.device | None = None) -> NDArray[np.float32]:
@@ -78,7 +84,7 @@ def describe(model: nn.Module, patches: NDArray[np.uint8], batch_size: int = 204
     scale = float(getattr(net, "input_scale", 1.0))
     out = []
     for s in range(0, len(small), batch_size):
-        x = torch.from_numpy(small[s : s + batch_size]).to(dev).float().unsqueeze(1) * scale
+        x = patch_tensor(small[s : s + batch_size], scale, dev)
         out.append(net(prepare_input(x)).float().cpu())
     if not out:  # the descriptor width, from one blank patch
         dim = net(torch.zeros(1, 1, 32, 32, device=dev)).shape[1]
