@@ -317,3 +317,27 @@ def test_lone_patches_without_augmentation_keep_weights_finite(tmp_path: Path) -
     stats = trainer.step(0, 0)
     assert np.isfinite(stats["loss"])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_sigterm_saves_like_ctrl_c(cfg: RunConfig, reference, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's pre-emption) also finishes the step and writes last.pt; the run
+    then resumes to the uninterrupted weights."""
+    import os
+
+    run = tmp_path / "run"
+    trainer = start_run(cfg, run)
+
+    def progress(task: str, step: int, total: int, stats: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(progress=progress)
+    assert signal.getsignal(signal.SIGTERM) is before
+    doc = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert (doc["epoch"], doc["iteration"]) == (0, 2)
+    again = resume_run(run)
+    again.fit()
+    assert_same_weights(again.model, reference[0].model)

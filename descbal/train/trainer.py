@@ -316,21 +316,24 @@ class Trainer:
         lr, patches, patches/s on logged steps, the pipeline's statistics); ``log`` gets the
         trainer's ``val_note`` first (what validates), its ``data_notes`` and the patch geometry
         (:func:`geometry_line`), one line when a phase starts and one per validation. On Ctrl-C
-        the current step finishes, ``checkpoints/last.pt`` is written and KeyboardInterrupt is
-        raised.
+        or SIGTERM the current step finishes, ``checkpoints/last.pt`` is written and
+        KeyboardInterrupt is raised (a distributed run's ranks stop after the same step).
         """
         progress = or_no_progress(progress if self.is_main else None)
         say = (log if self.is_main else None) or (lambda line: None)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        previous = signal.getsignal(signal.SIGINT)
+        # Ctrl-C, and SIGTERM (a scheduler's pre-emption, `kill`): finish the step, save, stop
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous: dict[int, Any] | None = {s: signal.getsignal(s) for s in stops}
 
-        def on_sigint(signum: int, frame: Any) -> None:
+        def on_stop(signum: int, frame: Any) -> None:
             self._stop = True
 
         try:
-            signal.signal(signal.SIGINT, on_sigint)
+            for s in stops:
+                signal.signal(s, on_stop)
         except ValueError:  # not in the main thread
             previous = None
         history: list[dict[str, Any]] = []  # the validation records of this call
@@ -343,8 +346,8 @@ class Trainer:
             with distributed.collective_errors(self.dist):
                 return self._loop(progress, say, stop_after, history, start)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in (previous or {}).items():
+                signal.signal(s, handler)
 
     def _loop(self, progress: Progress, say: Callable[[str], None], stop_after: int | None,
               history: list[dict[str, Any]], start: float) -> TrainSummary:
