@@ -108,8 +108,9 @@ def _root(
 
 JsonOpt = Annotated[str | None, typer.Option("--json", help="Write the result as JSON to FILE, or '-' for stdout.")]
 #: What every --model accepts (descbal.models.resolve.resolve_model).
-MODEL_HELP = ("Checkpoint, run folder, published weights (TFeat/HardNet/HyNet/SOSNet), an architecture name "
-              "(untrained, seeded), or sift / rootsift; NAME=MODEL shows it as NAME.")
+MODEL_HELP = ("Checkpoint, run folder, published weights (Self-TNet/HyNet/HardNet/HardNet8/SOSNet/TFeat), an "
+              "architecture name (untrained, seeded), or sift / rootsift; NAME=MODEL shows it as NAME "
+              "(extract also runs a FILE.onnx of descbal export).")
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 

@@ -43,14 +43,17 @@ from descbal.results import JsonResult
 
 #: Max abs descriptor difference allowed for a float32 file (descriptors have unit norm).
 FP32_TOLERANCE = 1e-5
-#: ... and for ``fp16`` (float16 arithmetic; measured on HyNet and HardNet: about 4e-4 on random patches,
-#: 0.9e-3 and 1.2e-3 on HPatches patches).
-FP16_TOLERANCE = 5e-3
+#: ... and for ``fp16`` (float16 arithmetic from the input on; measured with the low-contrast
+#: parity patches: HyNet 6e-4, SOSNet 2e-4, HardNet 1.1e-2 (its standardisation of a patch of
+#: +-8 grey levels in float16); on HPatches patches 0.9e-3, 0.2e-3, 1.2e-3).
+FP16_TOLERANCE = 2e-2
 #: The default ONNX opset: torch 2.13's exporter writes 18 and later; onnxruntime 1.20+ runs 20.
 DEFAULT_OPSET = 20
 MIN_OPSET = 18
 #: Random patches of the parity check.
 NUM_RANDOM = 1000
+#: Low-contrast patches at the start of the random parity set (:func:`_check_sets`).
+N_SPECIAL = 3
 PATCH = 32
 
 
@@ -113,6 +116,11 @@ def _write_onnx(net: nn.Module, path: Path, metadata: dict[str, Any], opset: int
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
                                     dynamo=True, verbose=False)
     proto = program.model_proto
+    # the opset the file really has (the exporter may convert versions, with a warning only)
+    written = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        raise DescbalError(f"the exporter wrote opset {written}, not the {opset} asked for; try another --opset")
+    metadata["opset"] = written
     proto.producer_name, proto.producer_version = "descbal", metadata["descbal_version"]
     proto.doc_string = _summary(metadata)
     entry = proto.metadata_props.add()
@@ -165,8 +173,20 @@ def _network(resolved: ResolvedModel) -> nn.Module:
 
 
 def _check_sets(num_random: int, seed: int, check_patches: Path | None) -> dict[str, NDArray[np.uint8]]:
-    """The parity patch sets: ``random`` (N, 32, 32) uint8 and, if given, ``check_patches``."""
-    sets = {"random": np.random.default_rng(seed).integers(0, 256, (num_random, PATCH, PATCH), dtype=np.uint8)}
+    """The parity patch sets: ``random`` (N, 32, 32) uint8 and, if given, ``check_patches``.
+
+    The random set starts with patches uniform noise never gives: low-contrast ones (128 +- 2,
+    4, 8 grey levels), where a per-patch standardisation's epsilon matters. Exactly flat patches
+    are left out: their descriptor is the normalisation of rounding residue (an InstanceNorm of
+    a constant) and differs between any two runtimes.
+    """
+    rng = np.random.default_rng(seed)
+    random = rng.integers(0, 256, (num_random, PATCH, PATCH), dtype=np.uint8)
+    special = [(128 + rng.integers(-k, k + 1, (PATCH, PATCH))).astype(np.uint8) for k in (2, 4, 8)]
+    assert len(special) == N_SPECIAL
+    n = min(len(special), num_random // 2)
+    random[:n] = np.stack(special[:n]) if n else random[:n]
+    sets = {"random": random}
     if check_patches is not None:
         from descbal.data.hpatches_data import read_patch_column
 
@@ -230,7 +250,8 @@ def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *, fp16: 
     reference = {name: describe(net, patches) for name, patches in sets.items()}
     ref = reference["random"]
     dim = int(ref.shape[1])
-    l2 = bool(len(ref)) and bool(np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-4))
+    plain = ref[min(N_SPECIAL, len(ref) // 2):]  # judged on the noise patches
+    l2 = bool(len(plain)) and bool(np.allclose(np.linalg.norm(plain, axis=1), 1.0, atol=1e-4))
     metadata = {
         "format": fmt,
         "input": {"name": INPUT_NAME, "shape": ["N", 1, PATCH, PATCH], "dtype": "float32", "input_scale": scale,
@@ -245,8 +266,18 @@ def export_model(model: ModelSpec, out: str | Path, fmt: str = "onnx", *, fp16: 
     }
     parity: dict[str, dict[str, float]] = {}
     with atomic_path(out) as tmp:  # a failure below removes the temporary file: nothing is written
-        EXPORTERS[fmt](net, tmp, metadata, opset, fp16)
-        exported = ExportedModel(tmp, fmt=fmt)
+        try:
+            EXPORTERS[fmt](net, tmp, metadata, opset, fp16)
+        except DescbalError:
+            raise
+        except Exception as e:  # the exporters' own errors: one line, exit 1
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise DescbalError(f"{fmt} export failed: {type(e).__name__}: {first}", out) from None
+        try:
+            exported = ExportedModel(tmp, fmt=fmt)
+        except BadInputError as e:
+            raise DescbalError(f"the written {fmt} file does not load back: {str(e).split(': ', 1)[-1]}; nothing "
+                               "written", out) from None
         for name, patches in sets.items():
             got = exported(patch_tensor(patches, scale))
             parity[name] = {"patches": len(patches), "max_abs": max_abs_difference(got, reference[name])}

@@ -17,6 +17,7 @@ import torch
 from train_fixtures import one_torch_thread  # noqa: F401
 from typer.testing import CliRunner
 
+import descbal.errors
 import descbal.export
 from descbal import __version__
 from descbal.cli import app
@@ -143,6 +144,37 @@ def test_extract_with_the_onnx_file_equals_extract_with_the_checkpoint(exports: 
 
 def test_fp16_onnx_is_within_its_stated_tolerance(tmp_path: Path, one_torch_thread: None) -> None:  # noqa: F811
     res = export_model("hardnet", tmp_path / "h16.onnx", fp16=True, num_random=64)
-    assert res.fp16 and res.tolerance == 5e-3 and 1e-5 < res.max_abs_difference <= 5e-3  # float16, not float32
+    assert res.fp16 and res.tolerance == 2e-2 and 1e-5 < res.max_abs_difference <= 2e-2  # float16, not float32
     assert ExportedModel(tmp_path / "h16.onnx").metadata["fp16"] is True
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(("arch", "l2", "top"), [("hardnet8", True, 1.0), ("sosnet", True, 1.0), ("tfeat", False, 255.0)])
+def test_every_architecture_exports(arch: str, l2: bool, top: float, tmp_path: Path,
+                                    one_torch_thread: None) -> None:  # noqa: F811
+    """HardNet8's PCA, SOSNet's InstanceNorm and TFeat (tanh, not L2, raw 0..255) pass the
+    parity check, low-contrast patches included, and say so in the metadata."""
+    res = export_model(arch, tmp_path / f"{arch}.onnx", "onnx", num_random=16)
+    assert res.max_abs_difference <= FP32_TOLERANCE
+    meta = ExportedModel(tmp_path / f"{arch}.onnx").metadata
+    assert meta["output"]["l2_normalised"] is l2 and meta["input"]["range"] == [0.0, top]
+    assert meta["opset"] == res.opset == 20  # read back from the file
+
+
+def test_low_contrast_patches_join_the_parity_set() -> None:
+    sets = descbal.export._check_sets(16, 0, None)["random"]
+    assert [int(sets[i].max()) - int(sets[i].min()) for i in range(3)] == [4, 8, 16]
+    assert int(sets[3].max()) - int(sets[3].min()) > 200  # then uniform noise
+
+
+def test_a_foreign_metadata_document_is_one_line(tmp_path: Path) -> None:
+    import onnx
+
+    path = tmp_path / "x.onnx"
+    export_model("hynet", path, "onnx", num_random=4)
+    proto = onnx.load(str(path))
+    for entry in proto.metadata_props:
+        entry.value = "{not json"
+    onnx.save(proto, str(path))
+    with pytest.raises(descbal.errors.BadInputError, match="metadata is not descbal export's"):
+        ExportedModel(path)

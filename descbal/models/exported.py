@@ -11,8 +11,9 @@ Every file carries one JSON document under :data:`METADATA_KEY` saying so (ONNX:
 ``metadata_props``; TorchScript: the extra file ``descbal.json``): ``input`` (name, shape,
 dtype, ``input_scale``, value range), ``output`` (name, shape, ``l2_normalised``), ``arch``,
 ``model``, ``weights_sha256`` of the source weights, ``patch_geometry`` the model was trained
-with, ``opset`` (ONNX), ``fp16``, ``descbal_version``, ``torch_version`` and the parity
-measured when the file was written.
+with, ``opset`` (ONNX, as written in the file), ``fp16``, ``descbal_version`` and
+``torch_version``. (The parity measured at export is in ``descbal export``'s result, not in
+the file.)
 
 :class:`ExportedModel` runs a file: ONNX through onnxruntime (CPU), TorchScript through
 ``torch.jit.load``; ``descbal extract --model FILE.onnx`` describes with it.
@@ -121,10 +122,14 @@ class ExportedModel:
             raise BadInputError("not an exported model (give an .onnx file or a TorchScript archive)", self.path)
         if not text:
             raise BadInputError(f"no {METADATA_KEY!r} metadata: not written by descbal export", self.path)
-        self.metadata: dict[str, Any] = json.loads(text)
-        self.input_scale = float(self.metadata["input"]["input_scale"])
-        geometry = self.metadata.get("patch_geometry")
-        self.geometry = None if geometry is None else PatchGeometry.from_dict(geometry)
+        try:
+            self.metadata: dict[str, Any] = json.loads(text)
+            self.input_scale = float(self.metadata["input"]["input_scale"])
+            geometry = self.metadata.get("patch_geometry")
+            self.geometry = None if geometry is None else PatchGeometry.from_dict(geometry)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadInputError(f"its {METADATA_KEY!r} metadata is not descbal export's ({type(e).__name__}: {e})",
+                                self.path) from None
 
     def __call__(self, x: torch.Tensor | NDArray[np.float32]) -> NDArray[np.float32]:
         """Descriptors of patches in the file's input units.
