@@ -184,8 +184,8 @@ def _check_sets(num_random: int, seed: int, check_patches: Path | None) -> dict[
     random = rng.integers(0, 256, (num_random, PATCH, PATCH), dtype=np.uint8)
     special = [(128 + rng.integers(-k, k + 1, (PATCH, PATCH))).astype(np.uint8) for k in (2, 4, 8)]
     assert len(special) == N_SPECIAL
-    n = min(len(special), num_random // 2)
-    random[:n] = np.stack(special[:n]) if n else random[:n]
+    for i, patch in enumerate(special[: num_random // 2]):
+        random[i] = patch
     sets = {"random": random}
     if check_patches is not None:
         from descbal.data.hpatches_data import read_patch_column

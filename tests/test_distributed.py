@@ -38,7 +38,7 @@ from dist_fixtures import (
 from train_fixtures import make_patchset
 
 from descbal.data.patchset import write_patchset
-from descbal.errors import BadInputError
+from descbal.errors import BadInputError, DataMissingError
 from descbal.losses import LOSSES
 from descbal.train import distributed
 from descbal.train.distributed import BatchShard, DistContext
@@ -419,14 +419,23 @@ def test_nproc_run_with_a_killed_rank_exits_nonzero(train_h5: str, tmp_path: Pat
         p.communicate()
 
 
-def test_a_rank_error_under_nproc_exits_with_its_code(train_h5: str, tmp_path: Path) -> None:
-    """An error inside the ranks (here: --resume given with other options) is printed once per
-    rank with its rank, and the run exits with its code (2), not a hang or a traceback."""
-    run = tmp_path / "r"
-    (run).mkdir()
-    (run / "config.toml").write_text("")
-    p = subprocess.run(_cli("--resume", str(run), "--seed", "3", "--nproc", "2"), capture_output=True, text=True,
-                       env=_env(), timeout=180)
-    assert p.returncode == 2, p.stderr
-    assert "rank 0: --resume continues a run with its own config" in p.stderr
+def test_a_rank_error_under_nproc_exits_with_its_code(tmp_path: Path) -> None:
+    """An error inside the ranks (here: the training set is missing) is printed once per rank
+    with its rank, and the run exits with its code (3), not a hang or a traceback."""
+    p = subprocess.run(_cli("--out", str(tmp_path / "r"), *tiny_run_args(str(tmp_path / "none.h5")), "--nproc", "2"),
+                       capture_output=True, text=True, env=_env(), timeout=180)
+    assert p.returncode == 3, p.stderr
+    assert "rank 0: " in p.stderr and "none.h5" in p.stderr
     assert "stopped on the error above" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_options_are_refused_before_launch(tmp_path: Path) -> None:
+    """What the parent can check it checks before any process starts (the same checks as open_run)."""
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / "config.toml").write_text("")
+    with pytest.raises(BadInputError, match="--resume continues a run with its own config"):
+        check_launch(2, {"resume": str(run), "seed": 3})
+    with pytest.raises(DataMissingError, match="run folder not found"):
+        check_launch(2, {"resume": str(tmp_path / "none")})

@@ -31,7 +31,7 @@ from descbal.losses.reducers import ClassTerms, mean_reduce
 from descbal.losses.registry import register_loss
 from descbal.losses.sharding import AnchorShard, global_means
 from descbal.losses.teachers import check_teacher
-from descbal.losses.triplet import class_count, class_distances, shard_of
+from descbal.losses.triplet import class_distances, shard_of
 from descbal.losses.tuples import ClassTuples, Reference
 
 
@@ -144,7 +144,7 @@ class BalanceLoss(Loss):
         teacher = None if batch is None or self.teacher == "none" else batch.teacher
         anchors = shard_of(batch)
         return _balance_terms(embeddings, teacher, tuples, lo=self.lo, hi=self.hi, A=self.A, R=self.R,
-                              boundary=self.boundary, anchors=anchors, count=class_count(labels, anchors))
+                              boundary=self.boundary, anchors=anchors, count=None if anchors is None else anchors.num_classes)
 
 
 @register_loss("anneal")
@@ -166,4 +166,4 @@ class AnnealLoss(Loss):
         anchors = shard_of(batch)
         return ClassTerms(balance_values(a, b, self.B, self.R), w,
                           global_means({"pos_dist": a, "neg_dist": b, "kept": w}, anchors),
-                          count=class_count(labels, anchors))
+                          count=None if anchors is None else anchors.num_classes)

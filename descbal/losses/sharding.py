@@ -23,12 +23,14 @@ import torch
 class AnchorShard:
     """This rank's anchors: rows ``start .. stop - 1`` of the gathered batch.
 
+    ``num_classes``: the classes of the whole gathered batch (what per-class means divide by);
     ``sum``: a tensor's elementwise sum over the ranks (no gradient); ``gather``: the ranks'
     tensors (of any first dimension) concatenated in rank order (no gradient).
     """
 
     start: int
     stop: int
+    num_classes: int
     sum: Callable[[torch.Tensor], torch.Tensor]
     gather: Callable[[torch.Tensor], torch.Tensor]
 

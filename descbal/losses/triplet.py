@@ -27,12 +27,6 @@ def shard_of(batch: Embedded | None) -> AnchorShard | None:
     return None if batch is None else batch.anchors
 
 
-def class_count(labels: torch.Tensor, anchors: AnchorShard | None) -> int | None:
-    """The classes a per-class mean is over: None in one process (all of them are here), else
-    the global batch's class count (``labels`` (N,): the global batch's)."""
-    return None if anchors is None else int(torch.unique(labels).numel())
-
-
 @register_loss("triplet")
 class TripletMargin(Loss):
     """HardNet triplet margin loss (margin 1 by default) on class tuples (distributed: this
@@ -51,4 +45,4 @@ class TripletMargin(Loss):
         values = torch.clamp(self.margin + a - b, min=0.0)
         anchors = shard_of(batch)
         return ClassTerms(values, tuples.valid.to(values.dtype), global_means({"pos_dist": a, "neg_dist": b}, anchors),
-                          count=class_count(labels, anchors))
+                          count=None if anchors is None else anchors.num_classes)

@@ -19,29 +19,12 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from descbal.errors import BadInputError, DescbalError
 from descbal.train.trainer import TrainSummary
-
-
-def _resolved_config(kwargs: dict[str, Any]) -> Any:
-    from descbal.config import load_config
-    from descbal.errors import DataMissingError
-    from descbal.run_config import resolve_run_config
-    from descbal.train.config import RunConfig
-
-    if kwargs.get("resume") is not None:
-        cfg_path = Path(kwargs["resume"]) / "config.toml"
-        if not cfg_path.is_file():
-            raise DataMissingError("no run to resume (config.toml missing)", kwargs["resume"])
-        return load_config(RunConfig, cfg_path)
-    return resolve_run_config(kwargs.get("recipe"), kwargs.get("config"), kwargs.get("overrides", ()),
-                              kwargs.get("data"), kwargs.get("val"), kwargs.get("seed"), kwargs.get("device"),
-                              no_val=bool(kwargs.get("no_val")))
 
 
 def check_launch(nproc: int, kwargs: dict[str, Any]) -> None:
@@ -52,7 +35,9 @@ def check_launch(nproc: int, kwargs: dict[str, Any]) -> None:
 
     if nproc < 1:
         raise BadInputError(f"--nproc must be >= 1, got {nproc}")
-    cfg = _resolved_config(kwargs)
+    from descbal.train.trainer import run_config
+
+    cfg = run_config(**kwargs)
     distributed.check_divisible(build_phases(cfg), nproc)
     dev = resolve_device(cfg.loop.device)
     if dev.type == "cuda" and nproc > torch.cuda.device_count():

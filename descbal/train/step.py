@@ -57,12 +57,12 @@ def _sharded_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, sha
                   reference: Reference | None) -> StepOutput:
     ctx, labels = shard.ctx, shard.labels
     counts = shard.counts()
-    held = None
+    held = everything = None
     rows = None  # the global rows embedded (None: all)
     split = pipeline.split(labels)
     if split is not None:
         keep, out = split
-        everything = gather_rows(x.detach(), counts, ctx)
+        everything = gather_rows(x.detach(), counts, ctx)  # all ranks' inputs, gathered once
         held = (everything[out], labels[out])
         rows = keep
     if rows is None:
@@ -77,11 +77,13 @@ def _sharded_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, sha
     sharded = pipeline.shards_anchors
     with sharded_rows(offset, total):
         emb = gather_rows(at_least_fp32(model(mine)), counts, ctx, summed=sharded)
-    inputs = gather_rows(mine.detach(), counts, ctx) if pipeline.loss.uses_inputs() else None
+    inputs = None
+    if pipeline.loss.uses_inputs():
+        inputs = gather_rows(mine.detach(), counts, ctx) if everything is None else everything[rows]
     anchors = None
     if sharded:  # this rank's rows of the gathered batch are its anchors
-        anchors = AnchorShard(offset, offset + counts[ctx.rank], lambda t: sum_over_ranks(t, ctx),
-                              lambda t: gather_any(t, ctx))
+        anchors = AnchorShard(offset, offset + counts[ctx.rank], int(torch.unique(labels).numel()),
+                              lambda t: sum_over_ranks(t, ctx), lambda t: gather_any(t, ctx))
     with ctx.timed("loss"):
         out = pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=inputs, held=held,
                                 reference=reference, anchors=anchors))

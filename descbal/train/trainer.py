@@ -511,35 +511,50 @@ def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
     return trainer
 
 
-def resume_run(run_dir: str | Path) -> Trainer:
-    """A trainer restored from ``run_dir/checkpoints/last.pt`` with the run's own config."""
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "last.pt"
+def _resume_config(run_dir: Path) -> RunConfig:
+    """The config of the run in ``run_dir`` (DataMissingError without a run to resume)."""
     if not run_dir.is_dir():
         raise DataMissingError("run folder not found", run_dir)
-    if not ckpt.is_file():
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
         raise DataMissingError("no checkpoints/last.pt to resume from", run_dir)
-    cfg = load_config(RunConfig, run_dir / "config.toml")
-    trainer = _trainer(cfg, run_dir)
-    trainer.load_state(ckpt)
+    return load_config(RunConfig, run_dir / "config.toml")
+
+
+def resume_run(run_dir: str | Path, cfg: RunConfig | None = None) -> Trainer:
+    """A trainer restored from ``run_dir/checkpoints/last.pt`` with the run's own config
+    (``cfg``: that config, already read by :func:`run_config`)."""
+    run_dir = Path(run_dir)
+    trainer = _trainer(cfg if cfg is not None else _resume_config(run_dir), run_dir)
+    trainer.load_state(run_dir / "checkpoints" / "last.pt")
     return trainer
 
 
-def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
-             config: str | Path | None = None, overrides: Sequence[str] = (),
-             data: str | Path | Sequence[str | Path] | None = None,
-             val: str | Path | None = None, seed: int | None = None, device: str | None = None,
-             no_val: bool = False) -> Trainer:
-    """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
-    or started in ``out`` from the config resolved as recipe < config < overrides <
-    data (one or several training sets)/val/seed/device (:func:`descbal.run_config.resolve_run_config`; ``no_val``: no
-    validation)."""
+def run_config(out: str | Path | None = None, *, resume: str | Path | None = None, recipe: str | None = None,
+               config: str | Path | None = None, overrides: Sequence[str] = (),
+               data: str | Path | Sequence[str | Path] | None = None,
+               val: str | Path | None = None, seed: int | None = None, device: str | None = None,
+               no_val: bool = False) -> RunConfig:
+    """The configuration :func:`open_run` runs with the same arguments (and its checks of them):
+    the resumed run's own, or the one resolved as recipe < config < overrides <
+    data (one or several training sets)/val/seed/device (:func:`descbal.run_config.resolve_run_config`;
+    ``no_val``: no validation)."""
     from descbal.run_config import resolve_run_config
 
     if resume is not None:
         if config or recipe or overrides or data or val or no_val or seed is not None or device is not None:
             raise BadInputError("--resume continues a run with its own config; drop the other options")
-        return resume_run(resume)
+        return _resume_config(Path(resume))
     if out is None:
         raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    return start_run(resolve_run_config(recipe, config, overrides, data, val, seed, device, no_val=no_val), out)
+    return resolve_run_config(recipe, config, overrides, data, val, seed, device, no_val=no_val)
+
+
+def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, **options: Any) -> Trainer:
+    """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
+    or started in ``out``; ``options`` (recipe, config, overrides, data, val, seed, device,
+    no_val) as :func:`run_config` takes them."""
+    cfg = run_config(out, resume=resume, **options)
+    if resume is not None:
+        return resume_run(resume, cfg)
+    assert out is not None
+    return start_run(cfg, out)
