@@ -1,0 +1,93 @@
+"""``torch.compile`` for descbal's hot paths (the training step, the inference copy), with the
+eager fallback when the machine cannot compile.
+
+inductor turns a traced graph into C++ on the CPU and into Triton kernels on CUDA; without a
+working C++ compiler (or without Triton on CUDA) it fails at the first call, deep inside torch.
+:func:`compile_function` checks first and returns the eager function with a one-line reason
+instead, so a run asked to compile still runs, and says which path it took
+(:class:`CompilePath`, written into a training run's ``environment.json`` and an extraction's
+provenance).
+
+Random ops in compiled code use torch's own generator (inductor's ``fallback_random``): a
+dropout mask is then the one the eager op draws from the same seed, so compiled and eager
+runs see the same masks and differ only by float rounding.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CompilePath:
+    """What a request to compile came to.
+
+    ``requested``: compiling was asked for; ``compiled``: the function is compiled (inductor);
+    ``reason``: why it was not, when requested (one line; None otherwise).
+    """
+
+    requested: bool
+    compiled: bool
+    reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``"inductor"`` or ``"eager"``: the path that runs."""
+        return "inductor" if self.compiled else "eager"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "path": self.name, "reason": self.reason}
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """Why inductor cannot compile for ``device`` here (one line), or None when it can.
+
+    The CPU needs a C++ compiler (``torch._inductor.config.cpp.cxx``, or ``$CXX``); CUDA needs
+    Triton.
+    """
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed (inductor needs it on CUDA)"
+        return None
+    if device.type != "cpu":
+        return f"inductor does not compile for {device.type}"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        cxx = get_cpp_compiler()
+    except Exception as e:  # torch raises its own InvalidCxxCompiler, or import errors on odd builds
+        return f"no C++ compiler found ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler found ({cxx!r} is not on PATH)"
+    return None
+
+
+def compile_function(fn: F, device: torch.device, requested: bool = True, *, dynamic: bool | None = None,
+                     fullgraph: bool = False, backend: str | Callable[..., Any] = "inductor") -> tuple[F, CompilePath]:
+    """``torch.compile(fn)`` for ``device``, or ``fn`` itself when not ``requested`` or when the
+    machine cannot compile (:func:`compiler_missing`); returns the function to call and the
+    :class:`CompilePath` taken.
+
+    ``dynamic``/``fullgraph``: as ``torch.compile`` takes them. ``backend``: inductor (the
+    default), or another dynamo backend (tests count compilations with one).
+    """
+    if not requested:
+        return fn, CompilePath(False, False)
+    if backend == "inductor":
+        missing = compiler_missing(device)
+        if missing is not None:
+            return fn, CompilePath(True, False, f"compiling skipped, running eager: {missing}")
+        options: dict[str, Any] | None = {"fallback_random": True}
+    else:
+        options = None
+    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph, options=options)
+    return compiled, CompilePath(True, True)  # type: ignore[return-value]
