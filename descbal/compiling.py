@@ -72,13 +72,15 @@ def compiler_missing(device: torch.device) -> str | None:
 
 
 def compile_function(fn: F, device: torch.device, requested: bool = True, *, dynamic: bool | None = None,
-                     fullgraph: bool = False, backend: str | Callable[..., Any] = "inductor") -> tuple[F, CompilePath]:
+                     fullgraph: bool = False, backend: str | Callable[..., Any] = "inductor",
+                     on_compile: Callable[[], None] | None = None) -> tuple[F, CompilePath]:
     """``torch.compile(fn)`` for ``device``, or ``fn`` itself when not ``requested`` or when the
     machine cannot compile (:func:`compiler_missing`); returns the function to call and the
     :class:`CompilePath` taken.
 
     ``dynamic``/``fullgraph``: as ``torch.compile`` takes them. ``backend``: inductor (the
-    default), or another dynamo backend (tests count compilations with one).
+    default), or another dynamo backend (tests use a cheaper one). ``on_compile``: called once
+    per graph compiled (a first call, a recompilation, each piece around a graph break).
     """
     if not requested:
         return fn, CompilePath(False, False)
@@ -86,8 +88,27 @@ def compile_function(fn: F, device: torch.device, requested: bool = True, *, dyn
         missing = compiler_missing(device)
         if missing is not None:
             return fn, CompilePath(True, False, f"compiling skipped, running eager: {missing}")
-        options: dict[str, Any] | None = {"fallback_random": True}
-    else:
-        options = None
-    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph, options=options)
+        from torch._inductor.compile_fx import compile_fx
+
+        def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+            return compile_fx(gm, example_inputs, config_patches={"fallback_random": True})
+
+        backend = inductor
+    if on_compile is not None:
+        inner = backend
+
+        def counted(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+            on_compile()
+            return _lookup_backend(inner)(gm, example_inputs)
+
+        backend = counted
+    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     return compiled, CompilePath(True, True)  # type: ignore[return-value]
+
+
+def _lookup_backend(backend: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(backend):
+        return backend
+    from torch._dynamo.backends.registry import lookup_backend
+
+    return lookup_backend(backend)

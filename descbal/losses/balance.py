@@ -89,7 +89,7 @@ def _balance_terms(student: torch.Tensor, teacher: torch.Tensor | None, t: Class
     else:  # the medians of every rank's classes
         ab = anchors.gather(torch.stack([a.detach(), b.detach()], dim=1))
         B = dynamic_boundary(ab[:, 0], ab[:, 1], A)
-    stats = {"B": float(B), **global_means({"pos_dist": a, "neg_dist": b, "weight_mean": w,
+    stats = {"B": B, **global_means({"pos_dist": a, "neg_dist": b, "weight_mean": w,
                                             "zero_weight": (w == 0).to(w.dtype)}, anchors)}
     return ClassTerms(balance_values(a, b, B, R), w, stats, count=count)
 
@@ -125,6 +125,7 @@ class BalanceLoss(Loss):
 
     tuples: ClassVar[type] = ClassTuples
     shards_anchors: ClassVar[bool] = True
+    fullgraph: ClassVar[bool] = True
 
     def __init__(self, lo: float = -0.55, hi: float = 0.10, A: float = 1.05, R: float = 1.0,
                  teacher: str = "self", boundary: str | float = "dynamic") -> None:
@@ -154,6 +155,7 @@ class AnnealLoss(Loss):
 
     tuples: ClassVar[type] = ClassTuples
     shards_anchors: ClassVar[bool] = True
+    fullgraph: ClassVar[bool] = True
 
     def __init__(self, threshold: float = -0.10, B: float = 4.25, R: float = 1.0) -> None:
         super().__init__()

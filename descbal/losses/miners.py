@@ -41,7 +41,7 @@ class Miner(Protocol):
 
 @torch.no_grad()
 def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: float = NEAR_DUPLICATE,
-                      rows: slice | None = None) -> ClassTuples:
+                      rows: slice | None = None, classes: torch.Tensor | None = None) -> ClassTuples:
     """Mine one positive and one negative pair per class (see the module docstring).
 
     Args:
@@ -49,6 +49,8 @@ def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: flo
         labels: (N,) class ids; every class must have at least one patch.
         rows: mine only the classes of these rows (whole classes: a distributed rank's
             anchors, ``descbal.losses.sharding``), against all N candidates.
+        classes: (C,) the class ids of ``labels`` in ascending order, when known (the trainer
+            knows them; without ``rows`` only): found with ``torch.unique`` otherwise.
 
     Returns:
         :class:`ClassTuples` (indices into the N rows), one entry per class (of ``rows``) in
@@ -64,7 +66,10 @@ def hardest_per_class(x: torch.Tensor, labels: torch.Tensor, near_duplicate: flo
     pmax, pidx = dpos.max(dim=1)
     dneg = torch.where(~same & (d > near_duplicate), d, torch.full_like(d, big))
     nmin, nidx = dneg.min(dim=1)
-    classes, cls_of = torch.unique(own, return_inverse=True)
+    if classes is None or rows is not None:
+        classes, cls_of = torch.unique(own, return_inverse=True)
+    else:  # the same inverse without a data-dependent output size
+        cls_of = torch.searchsorted(classes, own)
     c = classes.shape[0]
     ip = arg_per_class(pmax, cls_of, c, largest=True)
     ineg = arg_per_class(nmin, cls_of, c, largest=False)
@@ -93,6 +98,7 @@ class HardestPerClassMiner:
     """
 
     shards_anchors = True
+    fullgraph = True
 
     def __init__(self, near_duplicate: float = NEAR_DUPLICATE) -> None:
         self.near_duplicate = float(near_duplicate)
@@ -102,4 +108,5 @@ class HardestPerClassMiner:
         if reference is not None:
             raise ValueError("the 'hardest' miner mines the batch only (no reference set)")
         anchors = getattr(batch, "anchors", None)
-        return hardest_per_class(embeddings, labels, self.near_duplicate, None if anchors is None else anchors.rows)
+        return hardest_per_class(embeddings, labels, self.near_duplicate, None if anchors is None else anchors.rows,
+                                 getattr(batch, "classes", None))

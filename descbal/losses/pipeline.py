@@ -32,7 +32,7 @@ from descbal.losses.reducers import Reducer, Terms
 from descbal.losses.registry import LOSSES, MINERS, REDUCERS
 from descbal.losses.sharding import AnchorShard
 from descbal.losses.teachers import Teacher, build_teacher
-from descbal.losses.tuples import ClassTuples, PairTuples, Reference, Tuples
+from descbal.losses.tuples import ClassTuples, PairTuples, Reference, Stat, Tuples
 
 
 @dataclass
@@ -46,7 +46,10 @@ class Embedded:
     embeddings for a meta step (:meth:`Loss.split`); ``reference``: embeddings from elsewhere
     (other ranks) offered to the loss; ``anchors``: in a distributed step of a pipeline that
     shards (:attr:`LossPipeline.shards_anchors`), the rows this rank scores and the reductions
-    over ranks (``descbal.losses.sharding``).
+    over ranks (``descbal.losses.sharding``); ``classes``: (C,) the batch's class ids in
+    ascending order when the caller knows them (the trainer, from its sampler), so that miners
+    need not find them with ``torch.unique``, whose output size depends on the data (a
+    compiled step cannot hold it without a graph break).
     """
 
     embeddings: torch.Tensor
@@ -58,24 +61,38 @@ class Embedded:
     reference: Reference | None = None
     ids: torch.Tensor | None = None
     anchors: AnchorShard | None = None
+    classes: torch.Tensor | None = None
 
 
 @dataclass
 class StepOutput:
-    """What the pipeline returns for one batch: the scalar loss and float statistics.
+    """What the pipeline returns for one batch: the scalar loss and its statistics.
 
-    ``total``: the loss of the whole global batch when ``loss`` is one distributed rank's share
-    (None: ``loss`` is the whole); :attr:`value` is the one to report.
+    ``stats``: floats or detached 0-d tensors (:data:`~descbal.losses.tuples.Stat`; the
+    triplet-like losses give tensors, so that a compiled step holds no host synchronisation);
+    :meth:`floats` converts them. ``total``: the loss of the whole global batch when ``loss``
+    is one distributed rank's share (None: ``loss`` is the whole); :attr:`value` is the one to
+    report.
     """
 
     loss: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
     total: float | None = None
 
     @property
     def value(self) -> float:
         """The batch's loss as a float (the global batch's in a distributed step)."""
         return float(self.loss.detach()) if self.total is None else self.total
+
+    def floats(self) -> dict[str, float]:
+        """``stats`` as floats, the tensors read back in one transfer (one device sync)."""
+        names = [k for k, v in self.stats.items() if isinstance(v, torch.Tensor)]
+        out = {k: float(v) for k, v in self.stats.items() if not isinstance(v, torch.Tensor)}
+        if names:
+            tensors = [self.stats[k] for k in names]
+            values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()  # type: ignore[union-attr]
+            out.update(zip(names, values, strict=True))
+        return {k: out[k] for k in self.stats}
 
 
 class Loss(nn.Module):
@@ -92,6 +109,7 @@ class Loss(nn.Module):
     default_reducer: ClassVar[str] = "mean"
     suffix_stats: ClassVar[bool] = True  # name each term's statistics after its reference
     shards_anchors: ClassVar[bool] = False  # scores only Embedded.anchors' rows when given (distributed)
+    fullgraph: ClassVar[bool] = False  # traces into one graph without breaks (descbal.train.compiled)
     name: ClassVar[str]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, tuples: Tuples, reference: Reference | None,
@@ -163,10 +181,18 @@ class LossPipeline(nn.Module):
         rank runs the pipeline on the whole gathered batch."""
         return all(bool(getattr(part, "shards_anchors", False)) for part in (self.loss, self.miner, self.reducer))
 
+    @property
+    def fullgraph(self) -> bool:
+        """True when loss, miner, reducer and teacher all trace without a graph break
+        (``fullgraph`` class attributes; a compiled step is then one graph,
+        ``descbal.train.compiled``)."""
+        parts = (self.loss, self.miner, self.reducer, *(() if self.teacher is None else (self.teacher,)))
+        return all(bool(getattr(part, "fullgraph", False)) for part in parts)
+
     def forward(self, batch: Embedded) -> StepOutput:
         emb, labels = batch.embeddings, batch.labels
         total = zero_loss(emb)
-        stats: dict[str, float] = {}
+        stats: dict[str, Stat] = {}
         for name, ref, weight in self.loss.references(batch):
             with torch.no_grad():
                 tuples = self.loss.accept(self.miner(emb, labels, ref, batch))
@@ -174,7 +200,7 @@ class LossPipeline(nn.Module):
             value = self.reducer(terms)
             total = total + (value if weight == 1.0 else weight * value)
             if name:
-                stats[f"loss_{name}"] = float(value.detach())
+                stats[f"loss_{name}"] = value.detach()
             suffix = f"_{name}" if name and self.loss.suffix_stats else ""
             stats.update({f"{k}{suffix}": v for k, v in {**tuples.stats, **terms.stats}.items()})
             if terms.extra is not None:

@@ -23,6 +23,7 @@ import torch
 from descbal.losses.distances import zero_loss
 from descbal.losses.grouping import per_anchor_count, per_anchor_sum
 from descbal.losses.registry import register_reducer
+from descbal.losses.tuples import Stat
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ClassTerms:
 
     values: torch.Tensor
     weights: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
     extra: torch.Tensor | None = None  # a scalar added after the reduction (e.g. an auxiliary head's loss)
     count: int | None = None  # classes a mean is over (a distributed rank's share: the global count); None: C
 
@@ -48,7 +49,7 @@ class PairTerms:
     num_anchors: int
     w_pos: torch.Tensor | None = None
     w_neg: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
     extra: torch.Tensor | None = None
 
 
@@ -76,6 +77,7 @@ class MeanReducer:
     ``count`` (a distributed rank's share) are summed and divided by it."""
 
     shards_anchors = True
+    fullgraph = True
 
     def __call__(self, terms: Terms) -> torch.Tensor:
         if isinstance(terms, ClassTerms):

@@ -39,15 +39,18 @@ class AnchorShard:
         return slice(self.start, self.stop)
 
 
-def global_means(values: dict[str, torch.Tensor], anchors: AnchorShard | None) -> dict[str, float]:
-    """The mean of each (K,) tensor (``tensor.mean()``, as a float), or with ``anchors`` the
-    mean over all ranks' elements (one reduction for all of them; 0 for no element)."""
+def global_means(values: dict[str, torch.Tensor], anchors: AnchorShard | None) -> dict[str, torch.Tensor]:
+    """The mean of each (K,) tensor as a detached 0-d tensor (``tensor.mean()``), or with
+    ``anchors`` the mean over all ranks' elements (one reduction for all of them; 0 for no
+    element). Tensors, not floats: a compiled step converts its statistics once, after it
+    (:meth:`descbal.losses.pipeline.StepOutput.floats`)."""
     if anchors is None or not values:
-        return {k: float(v.detach().mean()) for k, v in values.items()}
+        return {k: v.detach().mean() for k, v in values.items()}
     names = list(values)
     first = values[names[0]]
     sums = torch.stack([values[k].detach().sum().to(first.dtype) for k in names]
                        + [torch.tensor(float(first.numel()), dtype=first.dtype, device=first.device)])
     sums = anchors.sum(sums)
-    n = float(sums[-1])
-    return {k: float(sums[i]) / n if n else 0.0 for i, k in enumerate(names)}
+    n = sums[-1]
+    means = torch.where(n > 0, sums[:-1] / n.clamp(min=1), torch.zeros_like(sums[:-1]))
+    return {k: means[i] for i, k in enumerate(names)}

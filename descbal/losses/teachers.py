@@ -19,6 +19,8 @@ from descbal.losses.distances import at_least_fp32
 class Teacher(nn.Module):
     """``teacher(model, x) -> (N, D)`` float32 (at least) embeddings without gradient."""
 
+    fullgraph = False  # a frozen teacher moves itself to the batch's device on first use
+
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -29,6 +31,8 @@ class Teacher(nn.Module):
 
 class SelfTeacher(Teacher):
     """The student in eval mode (its train/eval state is restored)."""
+
+    fullgraph = True  # traces whole (descbal.train.compiled)
 
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         was_training = model.training

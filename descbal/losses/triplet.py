@@ -34,6 +34,7 @@ class TripletMargin(Loss):
 
     tuples = ClassTuples
     shards_anchors = True
+    fullgraph = True
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()

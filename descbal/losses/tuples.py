@@ -7,7 +7,8 @@
   the anchors (rows of the batch), ``p``/``n`` the reference set: the batch itself, or a
   :class:`Reference` (a memory bank; other ranks' embeddings).
 
-Every tuple carries the miner's statistics (``stats``, floats for the training log). A pair
+Every tuple carries the miner's statistics (``stats``, for the training log: floats or 0-d
+tensors, :data:`Stat`). A pair
 loss accepts class tuples too (:meth:`ClassTuples.as_pairs`), so it works with any miner.
 """
 
@@ -16,6 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+#: A logged statistic: a float, or a detached 0-d tensor (what a compiled step can return; the
+#: trainer converts them all at once, :meth:`descbal.losses.pipeline.StepOutput.floats`).
+Stat = float | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class PairTuples:
     n: torch.Tensor
     w_pos: torch.Tensor | None = None
     w_neg: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
 
     @property
     def num_pos(self) -> int:
@@ -60,7 +65,7 @@ class PairTuples:
         return self.num_pos + self.num_neg
 
     @staticmethod
-    def from_masks(pos: torch.Tensor, neg: torch.Tensor, stats: dict[str, float] | None = None) -> PairTuples:
+    def from_masks(pos: torch.Tensor, neg: torch.Tensor, stats: dict[str, Stat] | None = None) -> PairTuples:
         """Pairs at the True entries of two (N, M) bool masks, in row-major order."""
         a1, p = pos.nonzero(as_tuple=True)
         a2, n = neg.nonzero(as_tuple=True)
@@ -88,7 +93,7 @@ class ClassTuples:
     neg_a: torch.Tensor
     neg_b: torch.Tensor
     valid: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.pos_a.shape[0])

@@ -62,9 +62,27 @@ class LossConfig:
     reducer_params: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``loop.precision`` values.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
-    """Length, batch shape and execution of the training loop."""
+    """Length, batch shape and execution of the training loop.
+
+    ``compile``: the whole step's forward (teacher and student passes, mining, loss) is one
+    ``torch.compile`` region whose backward is compiled with it (``descbal.train.compiled``);
+    without a C++ compiler (CPU) or Triton (CUDA) the run goes on eager with one warning line.
+    ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"fp32"`` or ``"bf16"``
+    (autocast on any device; on a CPU without AVX512-BF16 it is emulated and slower).
+    ``prefetch``: the next batch is sampled and augmented in a background thread while the
+    current step runs (the same batches: they depend on the seed and position only).
+    """
+
+    _moved_keys: ClassVar[dict[str, str]] = {
+        "bf16": 'loop.bf16 became loop.precision: "auto" (bf16 on CUDA, fp32 on the CPU; what bf16 = true did), '
+                '"fp32" (bf16 = false) or "bf16" (on any device); edit config.toml to resume a run written before',
+    }
 
     seed: int = 0
     epochs: int = 25
@@ -72,9 +90,10 @@ class LoopConfig:
     classes_per_batch: int = 2560  # 3D points per batch
     npos: int = 3  # patches per 3D point
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16
     channels_last: bool = True  # on CUDA
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the whole step (forward, mining, loss; its backward)
+    prefetch: bool = False  # sample and augment the next batch in a background thread during the step
     log_every: int = 10  # iterations between JSONL log lines
     augment: bool = True
     dtype: str = "float32"  # the network's parameters and inputs: float32 | float64 (exactness checks)
@@ -203,6 +222,8 @@ def check_run_config(cfg: RunConfig) -> None:
 
     for kind in ("data", "loop", "schedule", "optim", "augment"):
         _check_ranges(getattr(cfg, kind), kind, kind)
+    if cfg.loop.precision not in PRECISIONS:
+        raise BadInputError(f"config: loop.precision must be one of {', '.join(PRECISIONS)}, got {cfg.loop.precision!r}")
     _check_params(MODELS, cfg.model.name, cfg.model.params, "model.name", "model.params")
     _check_loss(cfg.loss, "loss")
     for name, ph in cfg.phases.items():

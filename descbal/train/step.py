@@ -14,7 +14,8 @@ from descbal.train.global_layers import sharded_rows
 
 
 def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
-              reference: Reference | None = None, shard: BatchShard | None = None) -> StepOutput:
+              reference: Reference | None = None, shard: BatchShard | None = None,
+              classes: torch.Tensor | None = None) -> StepOutput:
     """Embed a batch and score it: the forward pass of one training step.
 
     Rows the pipeline holds out for a meta step (``pipeline.split``) are not embedded; the
@@ -35,6 +36,8 @@ def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels:
         x: (B, 1, H, W) network inputs. labels: (B,) class ids.
         reference: optional embeddings from elsewhere for the loss.
         shard: this rank's place in the global batch (None: a single process).
+        classes: (C,) the batch's class ids in ascending order, when known
+            (:attr:`Embedded.classes`; single process only).
 
     Returns:
         The pipeline's :class:`StepOutput` (scalar float32 loss with gradient, statistics).
@@ -50,7 +53,8 @@ def loss_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels:
             x, labels = x[keep], labels[keep]
     teacher = pipeline.teacher(model, x) if pipeline.teacher is not None else None
     emb = at_least_fp32(model(x))
-    return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=x, held=held, reference=reference))
+    return pipeline(Embedded(emb, labels, teacher=teacher, model=model, inputs=x, held=held, reference=reference,
+                             classes=classes if split is None else None))
 
 
 def _sharded_step(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, shard: BatchShard,

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import descbal
+from descbal.compiling import compile_function
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import CommonGeometry, PatchSet, common_geometry, concat_patchsets, load_patchset
 from descbal.devices import resolve_device
@@ -46,12 +47,14 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, sha256_hex, write_text_atomic
 from descbal.geometry import PatchGeometry
+from descbal.losses.pipeline import StepOutput
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, geometry_entries, read_checkpoint
 from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 from descbal.train import distributed
 from descbal.train.augment import AugmentParams, network_input, sample_params
+from descbal.train.compiled import StepCompiler, compile_note
 from descbal.train.config import NO_VAL, DataConfig, RunConfig
 from descbal.train.distributed import BatchShard, DistContext
 from descbal.train.global_layers import distribute_layers
@@ -61,8 +64,10 @@ from descbal.train.sampler import ClassBatchSampler
 from descbal.train.step import loss_step
 
 
-def environment(device: torch.device, dist: DistContext | None = None) -> dict[str, Any]:
-    """Versions, git commit and device of this run (and its processes when distributed)."""
+def environment(device: torch.device, dist: DistContext | None = None,
+                execution: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, git commit and device of this run (and its processes when distributed;
+    ``execution``: how the step runs, :meth:`Trainer.execution`)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(descbal.__file__).parent,
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
@@ -75,6 +80,7 @@ def environment(device: torch.device, dist: DistContext | None = None) -> dict[s
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "cpu_threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "distributed": None if dist is None else {"world_size": dist.world_size, "backend": dist.backend},
+        **(execution or {}),
     }
 
 
@@ -152,7 +158,22 @@ class Trainer:
             distribute_layers(self.model)
         if self.device.type == "cuda" and cfg.loop.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.step_model: nn.Module = torch.compile(self.model) if cfg.loop.compile else self.model
+        # bf16 autocast: "auto" keeps fp32 on the CPU, where it would change every number
+        self.bf16 = cfg.loop.precision == "bf16" or (cfg.loop.precision == "auto" and self.device.type == "cuda")
+        # loop.compile: the whole step forward (single process), or the network alone (distributed:
+        # the collectives of a sharded step are not traced)
+        self.compiler: StepCompiler | None = None
+        if dist is None:
+            self.compiler = StepCompiler(self.device, cfg.loop.compile)
+            self.step_model: nn.Module = self.model
+            self.compile_path, self.compile_scope = self.compiler.path, "step"
+        else:
+            self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
+            self.compile_scope = "network"
+        self.compiled_now = False  # the last step compiled a graph
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._pending: tuple[tuple[int, int, int], Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                BatchShard | None]]] | None = None
         self.patches = torch.from_numpy(train_set.patches).to(self.device)
         self.labels = torch.from_numpy(train_set.labels).to(self.device)
         self.phase = 0
@@ -221,6 +242,13 @@ class Trainer:
         """True in a single process and on rank 0 of a distributed run: the process that writes."""
         return self.dist is None or self.dist.is_main
 
+    def execution(self) -> dict[str, Any]:
+        """How the steps run, for ``environment.json``: ``compile`` (requested, ``path``
+        inductor or eager, the reason it fell back, ``scope`` step or network), ``precision``
+        (bf16 or fp32 autocast) and ``prefetch``."""
+        return {"compile": {**self.compile_path.to_dict(), "scope": self.compile_scope},
+                "precision": "bf16" if self.bf16 else "fp32", "prefetch": self.cfg.loop.prefetch}
+
     def save(self, name: str = "last.pt") -> Path:
         """Write the training state (model, optimiser, position) atomically (rank 0 only)."""
         path = self.run_dir / "checkpoints" / name
@@ -251,16 +279,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _batch_inputs(self, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor, BatchShard | None]:
-        """The network inputs and labels of batch ``it`` of ``epoch`` (this rank's rows in a
-        distributed run, with its :class:`BatchShard`; augmentation drawn for the global batch)."""
+    def _batch_inputs(self, phase: int, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    BatchShard | None]:
+        """The network inputs, labels and class ids (C,) ascending of batch ``it`` of ``epoch``
+        of the current phase (this rank's rows in a distributed run, with its
+        :class:`BatchShard`; augmentation drawn for the global batch). A pure function of the
+        seed and the position: the prefetch thread may compute it ahead."""
         b = self.sampler.batch(epoch, it)
         class_pos = _class_positions(b.labels)
         idx = torch.from_numpy(b.indices).to(self.device)
         labels = self.labels.index_select(0, idx)
+        classes = torch.from_numpy(np.sort(b.classes)).to(self.device)
         params = None
         if self.cfg.loop.augment:
-            rng = np.random.default_rng([self.cfg.loop.seed, self.phase, epoch, it, 1])
+            rng = np.random.default_rng([self.cfg.loop.seed, phase, epoch, it, 1])
             params = sample_params(self.cfg.augment, class_pos, len(b.classes), rng, in_size=self.patches.shape[-1])
         shard = None
         if self.dist is not None:
@@ -274,28 +306,62 @@ class Trainer:
         x = x.to(self.dtype)
         if self.device.type == "cuda" and self.cfg.loop.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, labels if shard is None else labels[shard.start:shard.stop], shard
+        return x, labels if shard is None else labels[shard.start:shard.stop], classes, shard
+
+    def _inputs(self, epoch: int, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BatchShard | None]:
+        """:meth:`_batch_inputs` of this step, taken from the prefetch thread when it holds
+        them; with ``loop.prefetch`` the next batch of the phase is then started there."""
+        key = (self.phase, epoch, it)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == key:
+            inputs = pending[1].result()
+        else:
+            if pending is not None:
+                pending[1].cancel()
+            inputs = self._batch_inputs(*key)
+        if self.cfg.loop.prefetch:
+            ph = self.phases[self.phase]
+            nxt = (epoch, it + 1) if it + 1 < ph.iters_per_epoch else (epoch + 1, 0)
+            if nxt[0] < ph.epochs:  # a new phase has another sampler: not ahead of it
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="descbal-prefetch")
+                self._pending = ((self.phase, *nxt), self._prefetcher.submit(self._batch_inputs, self.phase, *nxt))
+        return inputs
+
+    def close(self) -> None:
+        """Stop the prefetch thread (a trainer that is not fitted any more)."""
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True)
+            self._prefetcher = None
 
     def step(self, epoch: int, it: int) -> dict[str, float]:
-        """Run one optimisation step of the current phase; returns its statistics."""
+        """Run one optimisation step of the current phase; returns its statistics
+        (:attr:`compiled_now`: whether it compiled a graph)."""
         ph = self.phases[self.phase]
         lr, beta1 = schedule_at(ph.schedule, epoch * ph.iters_per_epoch + it, ph.steps)
         set_lr_beta1(self.optimizer, lr, beta1)
         step = sum(p.steps for p in self.phases[: self.phase]) + epoch * ph.iters_per_epoch + it
         torch.manual_seed(_step_seed(self.cfg.loop.seed, step))
-        x, labels, shard = self._batch_inputs(epoch, it)
+        x, labels, classes, shard = self._inputs(epoch, it)
         self.model.train()
-        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
-               if self.device.type == "cuda" and self.cfg.loop.bf16 else nullcontext())
-        with amp:
-            out = loss_step(self.step_model, ph.pipeline, x, labels, shard=shard)
+        compiled = False
+        if self.compiler is not None:
+            loss, stats, compiled = self.compiler(self.step_model, ph.pipeline, x, labels, classes, self.bf16)
+            out = StepOutput(loss, stats)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = loss_step(self.step_model, ph.pipeline, x, labels, shard=shard)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.dist is not None:  # every rank ran the global loss: sum the ranks' shares of the gradient
             self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop, ph.pipeline.parameters())
         self.optimizer.step()
         patches = len(labels) if shard is None else len(shard.labels)
-        return {"loss": out.value, "lr": lr, "patches": float(patches), **out.stats}
+        self.compiled_now = compiled
+        return {"loss": out.value, "lr": lr, "patches": float(patches), **out.floats()}
 
     # ------------------------------------------------------------------ validation
 
@@ -342,10 +408,14 @@ class Trainer:
         for line in self.data_notes:
             say(line)
         say(geometry_line(self.train_set.geometry, self.mixed_geometry))
+        note = compile_note(self.compile_path)
+        if note:
+            say(note)
         try:
             with distributed.collective_errors(self.dist):
                 return self._loop(progress, say, stop_after, history, start)
         finally:
+            self.close()
             for s, handler in (previous or {}).items():
                 signal.signal(s, handler)
 
@@ -359,8 +429,14 @@ class Trainer:
             ph = self.phases[self.phase]
             if self.epoch == 0 and self.iteration == 0:
                 say(phase_line(ph))
+                if self.compiler is not None and self.compile_path.compiled and not ph.pipeline.fullgraph:
+                    say(f"phase {ph.name}: loss {ph.pipeline.loss.name} compiles in pieces around its graph breaks "
+                        "(descbal.train.compiled lists them)")
             while self.iteration < ph.iters_per_epoch:
                 stats = self.step(self.epoch, self.iteration)
+                if self.compiled_now and self.compiler is not None:
+                    say(f"compiled the training step: {self.compiler.compiles} graph(s), "
+                        f"{self.compiler.compile_s:.1f} s so far")
                 self.iteration += 1
                 done_here += 1
                 window_n += stats["patches"]
@@ -507,7 +583,7 @@ def start_run(cfg: RunConfig, run_dir: str | Path) -> Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.toml", dump_toml(to_dict(cfg)))
         write_text_atomic(run_dir / "environment.json",
-                          json.dumps(environment(trainer.device, trainer.dist), indent=2) + "\n")
+                          json.dumps(environment(trainer.device, trainer.dist, trainer.execution()), indent=2) + "\n")
     return trainer
 
 

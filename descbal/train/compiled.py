@@ -1,0 +1,93 @@
+"""The training step's forward as one compiled region (``loop.compile``).
+
+:func:`step_forward` is :func:`descbal.train.step.loss_step` -- teacher pass, student pass,
+mining, loss, reduction -- returning the loss and its statistics as tensors, under the run's
+autocast. :class:`StepCompiler` hands it to ``torch.compile`` once per trainer
+(:func:`descbal.compiling.compile_function`): dynamo traces it into one graph, AOTAutograd
+derives the backward from that graph and inductor compiles both, so ``loss.backward()`` runs
+compiled code too. Tracing the teacher's and the student's passes into one graph lets the
+compiler compute their shared layers once (HyNet's teacher differs from the student only in
+the last block's dropout and BatchNorm).
+
+Graph breaks: the triplet-like pipelines (``triplet``, ``balance``, ``anneal`` with the
+``hardest`` miner, ``mean`` reducer and the ``self`` teacher or none) trace whole
+(:attr:`descbal.losses.pipeline.LossPipeline.fullgraph`, tested with ``fullgraph=True``).
+The others compile in pieces around the breaks:
+
+* ``ddtas``: AT-ASMS picks its pairs with ``nonzero`` (data-dependent counts) and reads its
+  ratios back as floats to set the thresholds; the meta step calls ``torch.autograd.grad``
+  inside the forward;
+* ``memory_contrastive``: the bank's fill level is a Python int that slices it, its mined pairs
+  come from ``nonzero``, and the enqueue writes the bank in place;
+* ``osm_caa``: its class-aware attention groups the batch with ``torch.unique`` and its pairs
+  come from ``nonzero``.
+
+Recompilations: a graph is specialised to the batch size and to the loss's constants; when one
+changes (an annealing cycle: fewer classes, another threshold), dynamo compiles once more with
+that value left symbolic, and later changes of the same value reuse that graph. A run of
+Self-TNet's recipe (stage 1, then 15 annealing cycles of shrinking batches and rising
+thresholds) therefore compiles 3 times; :attr:`StepCompiler.compiles` counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from descbal.compiling import CompilePath, compile_function
+from descbal.losses.pipeline import LossPipeline
+from descbal.losses.tuples import Stat
+from descbal.train.step import loss_step
+
+#: The dynamo backend the trainer compiles with (tests substitute a cheaper one).
+BACKEND = "inductor"
+
+
+def step_forward(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
+                 classes: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict[str, Stat]]:
+    """One step's forward for a single process: ``loss_step`` under bf16 autocast when ``bf16``.
+
+    Shapes: x (B, 1, H, W), labels (B,), classes (C,) the batch's class ids ascending.
+    Returns the scalar float32 loss (with gradient) and the pipeline's statistics.
+    """
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with amp:
+        out = loss_step(model, pipeline, x, labels, classes=classes)
+    return out.loss, out.stats
+
+
+class StepCompiler:
+    """:func:`step_forward`, compiled for ``device`` when ``requested`` and possible.
+
+    ``path``: the :class:`~descbal.compiling.CompilePath` taken; ``compiles``: graphs compiled
+    so far; ``compile_s``: seconds spent in steps that compiled.
+    """
+
+    def __init__(self, device: torch.device, requested: bool) -> None:
+        self.compiles = 0
+        self.compile_s = 0.0
+        self.fn: Callable[..., tuple[torch.Tensor, dict[str, Stat]]]
+        self.fn, self.path = compile_function(step_forward, device, requested, backend=BACKEND,
+                                              on_compile=self._counted)
+
+    def _counted(self) -> None:
+        self.compiles += 1
+
+    def __call__(self, model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
+                 classes: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict[str, Stat], bool]:
+        """The step's loss and statistics, and whether this call compiled."""
+        before, t0 = self.compiles, time.perf_counter()
+        loss, stats = self.fn(model, pipeline, x, labels, classes, bf16)
+        compiled = self.compiles != before
+        if compiled:
+            self.compile_s += time.perf_counter() - t0
+        return loss, stats, compiled
+
+
+def compile_note(path: CompilePath) -> str | None:
+    """The warning line a run logs when compiling was asked for and skipped (None otherwise)."""
+    return f"warning: loop.compile: {path.reason}" if path.requested and not path.compiled else None

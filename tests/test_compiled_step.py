@@ -1,0 +1,273 @@
+"""The compiled training step (``loop.compile``), ``loop.precision`` and ``loop.prefetch``.
+
+Two tests compile with the real inductor (float64 against eager over 50 steps; a float32 run
+stopped and resumed); the others use dynamo's ``eager`` backend, which traces exactly as
+inductor's front end does (graph breaks, guards, recompilations) without generating code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from train_fixtures import one_torch_thread, tiny_config, write_sets  # noqa: F401
+
+from descbal.compiling import CompilePath, compile_function, compiler_missing
+from descbal.config import load_config
+from descbal.errors import BadInputError
+from descbal.losses import LOSSES, build_pipeline
+from descbal.losses.miners import hardest_per_class
+from descbal.losses.pipeline import StepOutput
+from descbal.models import build_model
+from descbal.train import compiled
+from descbal.train.config import CyclesConfig, LossConfig, PhaseConfig, RunConfig
+from descbal.train.trainer import Trainer, resume_run, start_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: The registered losses that trace into one graph, and those that cannot (descbal.train.compiled says why).
+FULLGRAPH = {"triplet", "balance", "anneal"}
+BREAKS = {"ddtas", "memory_contrastive", "osm_caa"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_dynamo() -> Iterator[None]:
+    """Compiled frames of other modules' tests do not count here, nor ours there."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_sets(tmp_path_factory.mktemp("data"), seed=0, num_classes=40, per_class=3)
+
+
+def _batch(c: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3 * c, 1, 32, 32, generator=g)
+    classes = torch.arange(c) * 3 + 5
+    return x, classes.repeat_interleave(3), classes
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- graph breaks
+
+
+def test_the_fullgraph_list_is_the_registry_split() -> None:
+    assert {n for n in LOSSES if build_pipeline(n).fullgraph} == FULLGRAPH
+    assert set(LOSSES) == FULLGRAPH | BREAKS
+    assert not build_pipeline("balance", {"teacher": "none"}, reducer="sum").fullgraph  # a part without the flag
+
+
+@pytest.mark.parametrize("name", sorted(FULLGRAPH | BREAKS))
+def test_declared_pipelines_trace_whole_and_give_the_eager_values(name: str) -> None:
+    """``fullgraph=True`` succeeds exactly for the pipelines that declare it, with the eager
+    loss, statistics and gradients; the others stop at their data-dependent shapes."""
+    torch.manual_seed(0)
+    model = build_model("hynet", dropout=0.0)
+    twin = copy.deepcopy(model)
+    x, labels, classes = _batch()
+    fn, path = compile_function(compiled.step_forward, torch.device("cpu"), fullgraph=True, backend="eager")
+    assert path == CompilePath(True, True)
+    if name not in FULLGRAPH:
+        with pytest.raises(torch._dynamo.exc.UserError, match="data-dependent"):
+            fn(twin, build_pipeline(name), x, labels, classes, False)
+        return
+    loss, stats = compiled.step_forward(model, build_pipeline(name), x, labels, classes, False)
+    loss.backward()
+    loss2, stats2 = fn(twin, build_pipeline(name), x, labels, classes, False)
+    loss2.backward()
+    assert torch.equal(loss, loss2)
+    assert StepOutput(loss, stats).floats() == StepOutput(loss2, stats2).floats()
+    assert all(isinstance(v, torch.Tensor) for v in stats2.values())  # no host sync inside the graph
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_known_classes_mine_as_unique_does() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(15, 8, generator=g), dim=1)
+    labels = torch.tensor([9, 9, 9, 2, 2, 2, 7, 7, 7, 4, 4, 4, 11, 11, 11])
+    a = hardest_per_class(x, labels)
+    b = hardest_per_class(x, labels, classes=torch.tensor([2, 4, 7, 9, 11]))
+    for f in ("pos_a", "pos_b", "neg_a", "neg_b", "valid"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_step_output_floats_in_one_read() -> None:
+    out = StepOutput(torch.tensor(1.5), {"a": torch.tensor(0.25), "b": 3.0, "c": torch.tensor([2.0])})
+    assert out.floats() == {"a": 0.25, "b": 3.0, "c": 2.0} and list(out.floats()) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------------------- recompilations
+
+
+def _annealing_config(sets: tuple[Path, Path], cycles: int) -> RunConfig:
+    """Stage 1 (balance, 12 classes) then ``cycles`` annealing cycles of 11, 10, ... classes and
+    rising thresholds, one step each (batches of 16 patches or more: the CPU convolution's
+    kernel choice guards on that size, a further recompilation only tiny batches meet)."""
+    cfg = tiny_config(*sets, epochs=1, iters=1, classes=12, compile=True)
+    anneal = CyclesConfig(start_batch=12, min_batch=12 - cycles, step=1, iters=1)
+    return replace(cfg, data=replace(cfg.data, val="none"), phases={
+        "stage1": PhaseConfig(loss=LossConfig(name="balance"), epochs=1, iters_per_epoch=2),
+        "anneal": PhaseConfig(loss=LossConfig(name="anneal"), cycles=anneal)})
+
+
+@pytest.mark.parametrize("cycles", [2, 4])
+def test_annealing_phases_compile_at_most_three_times(cycles: int, sets: tuple[Path, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new batch size and a new threshold each recompile once, then stay symbolic: 3 graphs
+    for stage 1 and 2 cycles as for 4 (Self-TNet's 15 the same)."""
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+    torch._dynamo.reset()
+    trainer = start_run(_annealing_config(sets, cycles), tmp_path / "run")
+    assert [p.classes_per_batch for p in trainer.phases] == [12] + list(range(11, 11 - cycles, -1))
+    assert len({p.pipeline.loss.threshold for p in trainer.phases[1:]}) == cycles
+    lines: list[str] = []
+    trainer.fit(log=lines.append)
+    assert trainer.compiler is not None and 1 <= trainer.compiler.compiles <= 3
+    compiled_lines = [x for x in lines if x.startswith("compiled the training step")]
+    assert len(compiled_lines) == trainer.compiler.compiles  # one log line per step that compiled
+    assert compiled_lines[-1].startswith(f"compiled the training step: {trainer.compiler.compiles} graph(s)")
+
+
+def test_losses_with_graph_breaks_train_compiled_as_eager(sets: tuple[Path, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDTAS compiles in pieces: the run says so and gives the eager run's weights."""
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+    cfg = replace(tiny_config(*sets, epochs=1, iters=2, classes=8), loss=LossConfig(name="ddtas"))
+    runs = {}
+    for comp in (False, True):
+        lines: list[str] = []
+        t = start_run(replace(cfg, loop=replace(cfg.loop, compile=comp)), tmp_path / str(comp))
+        t.fit(log=lines.append)
+        runs[comp] = (_weights(t.model), lines)
+    assert any("ddtas compiles in pieces" in x for x in runs[True][1])
+    assert not any("compiles in pieces" in x for x in runs[False][1])
+    for k, v in runs[False][0].items():
+        assert torch.equal(v, runs[True][0][k]), k
+
+
+# ---------------------------------------------------------------------------- inductor exactness
+
+
+def test_compiled_float64_run_equals_eager_after_50_steps(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """inductor against eager over 50 balance-loss steps, in float64 where rounding cannot hide
+    a wrong graph: the weights agree to 1e-9 (float32 runs differ by float32 rounding, which
+    the hardest-pair mining and TLU's kinks amplify: a 1-thread and a 2-thread eager run differ
+    as much)."""
+    if compiler_missing(torch.device("cpu")):
+        pytest.skip("no C++ compiler: inductor cannot run here")
+    base = replace(tiny_config(*sets, epochs=1, iters=50, classes=6, dtype="float64"), loss=LossConfig(name="balance"))
+    base = replace(base, data=replace(base.data, val="none"))
+    out = {}
+    for comp in (False, True):
+        t = start_run(replace(base, loop=replace(base.loop, compile=comp)), tmp_path / str(comp))
+        t.fit()
+        out[comp] = _weights(t.model)
+        env = json.loads((tmp_path / str(comp) / "environment.json").read_text())
+        assert env["compile"] == {"requested": comp, "path": "inductor" if comp else "eager", "reason": None,
+                                  "scope": "step"}
+    worst = max(float((out[True][k] - out[False][k]).abs().max()) for k in out[True])
+    assert worst < 1e-9
+    moved = max(float((out[False][k] - v).abs().max()) for k, v in _weights(Trainer(base, tmp_path / "x",
+                                                                                     t.train_set).model).items())
+    assert moved > 1e-2  # the run did train: the tolerance is not trivially met
+
+
+def test_compiled_run_resumes_exactly(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """Within the compiled path (float32, inductor) a run stopped after 3 steps and resumed in a
+    new trainer ends with the uninterrupted run's weights, bit for bit."""
+    if compiler_missing(torch.device("cpu")):
+        pytest.skip("no C++ compiler: inductor cannot run here")
+    cfg = replace(tiny_config(*sets, epochs=2, iters=3, classes=6, compile=True), loss=LossConfig(name="balance"))
+    whole = start_run(cfg, tmp_path / "whole")
+    whole.fit()
+    first = start_run(cfg, tmp_path / "parts")
+    assert first.fit(stop_after=3).stopped
+    second = resume_run(tmp_path / "parts")
+    assert second.compile_path.compiled
+    second.fit()
+    ref = _weights(whole.model)
+    for k, v in _weights(second.model).items():
+        assert torch.equal(v, ref[k]), k
+
+
+# ---------------------------------------------------------------------------- fallback, precision, prefetch
+
+
+def test_without_a_compiler_the_run_goes_on_eager_with_one_warning(sets: tuple[Path, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-cxx-descbal",))
+    assert "no C++ compiler" in (compiler_missing(torch.device("cpu")) or "")
+    cfg = replace(tiny_config(*sets, epochs=1, iters=2, classes=6, compile=True), data=replace(
+        tiny_config(*sets).data, val="none"))
+    lines: list[str] = []
+    t = start_run(cfg, tmp_path / "run")
+    t.fit(log=lines.append)
+    warnings = [x for x in lines if x.startswith("warning:")]
+    assert len(warnings) == 1 and "running eager" in warnings[0] and "no C++ compiler" in warnings[0]
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())["compile"]
+    assert env["requested"] is True and env["path"] == "eager" and "no C++ compiler" in env["reason"]
+    eager = start_run(replace(cfg, loop=replace(cfg.loop, compile=False)), tmp_path / "eager")
+    eager.fit()
+    ref = _weights(eager.model)
+    for k, v in _weights(t.model).items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_precision(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(*sets, epochs=1, iters=2, classes=6)
+    cfg = replace(cfg, data=replace(cfg.data, val="none"))
+    auto = start_run(cfg, tmp_path / "auto")
+    assert not auto.bf16 and auto.execution()["precision"] == "fp32"  # "auto" keeps fp32 on the CPU
+    bf = start_run(replace(cfg, loop=replace(cfg.loop, precision="bf16")), tmp_path / "bf16")
+    assert bf.bf16 and json.loads((tmp_path / "bf16" / "environment.json").read_text())["precision"] == "bf16"
+    auto.fit()
+    bf.fit()
+    a, b = _weights(auto.model), _weights(bf.model)
+    assert all(torch.isfinite(v).all() for v in b.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 really ran: other numbers
+    with pytest.raises(BadInputError, match="loop.precision must be one of auto, fp32, bf16"):
+        replace(cfg, loop=replace(cfg.loop, precision="fp16"))
+    old = tmp_path / "old.toml"
+    old.write_text("[loop]\nbf16 = true\n")
+    with pytest.raises(BadInputError, match="loop.bf16 became loop.precision"):
+        load_config(RunConfig, old)
+
+
+def test_prefetch_gives_the_same_run(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """Batches prefetched in the thread are the batches of the position: the same weights and
+    metrics, also across a stop and resume and across epochs and phases."""
+    cfg = tiny_config(*sets, epochs=2, iters=3, classes=6)
+    cfg = replace(cfg, data=replace(cfg.data, val="none"), phases={
+        "a": PhaseConfig(epochs=2, iters_per_epoch=2), "b": PhaseConfig(epochs=1, iters_per_epoch=2, classes_per_batch=5)})
+    plain = start_run(cfg, tmp_path / "plain")
+    plain.fit()
+    pre = replace(cfg, loop=replace(cfg.loop, prefetch=True))
+    first = start_run(pre, tmp_path / "pre")
+    first.fit(stop_after=3)
+    assert first._prefetcher is None  # fit closed the thread
+    second = resume_run(tmp_path / "pre")
+    second.fit()
+    ref = _weights(plain.model)
+    for k, v in _weights(second.model).items():
+        assert torch.equal(v, ref[k]), k
+
+    def records(run: Path) -> list[dict]:
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "patches_per_s"} for r in rows]
+
+    assert records(tmp_path / "pre") == records(tmp_path / "plain")
