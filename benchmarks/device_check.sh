@@ -23,9 +23,9 @@ echo "== distributed training (issue 18): single process against the distributed
 OMP_NUM_THREADS=4 timeout 240 python3 benchmarks/distributed.py --device cuda --classes 2560 --steps 10 \
     --json "$OUT/distributed.json" 2>&1 | grep -v Warning
 
-echo "== extract speed"
-OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1
-OMP_NUM_THREADS=16 timeout 150 python3 benchmarks/extract.py --model hynet --repeats 5 --json "$OUT/extract-hynet.json" 2>&1
+echo "== extract speed (eager and --compile; compiling costs about a minute per model)"
+OMP_NUM_THREADS=16 timeout 300 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1
+OMP_NUM_THREADS=16 timeout 300 python3 benchmarks/extract.py --model hynet --repeats 5 --json "$OUT/extract-hynet.json" 2>&1
 
 echo "== self-supervised training: $STEPS steps x $CLASSES classes per pool"
 W=/tmp/descbal-selfsup-gpu

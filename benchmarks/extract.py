@@ -8,7 +8,10 @@ timed: detection is the same for both). Same model, same keypoints, same device,
   device once and every patch sampled in one batch (:mod:`descbal.extract.sampling`: ``cv2.remap``
   per level on the CPU, one ``grid_sample`` over an atlas of the levels elsewhere), descriptors in batches of
   ``--batch-size`` by an inference copy of the model (:mod:`descbal.models.inference`: BatchNorm
-  folded, in-place activations, channels-last on the CPU); in float32 and with ``--bf16``;
+  folded, in-place activations, channels-last on the CPU); in float32 and with ``--bf16``, each
+  eager and compiled (``--compile``: :func:`descbal.compiling.compile_function`, inductor; the
+  compile time, the first call's, is printed once per describer and excluded from images/s;
+  where inductor cannot compile the row says it ran eager and why);
 * **naive crop loop**: one ``cv2.warpAffine`` per keypoint (32x32, the same affine, bilinear,
   BORDER_REFLECT_101, straight from the full-resolution image), the stack then described in
   the same batches by the model as loaded (eval mode, float32), as a user's script would;
@@ -99,6 +102,7 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
     geo = PatchGeometry()
     desc = NetworkDescriber(model, geo, dev, args.batch_size)
     desc_bf16 = NetworkDescriber(model, geo, dev, args.batch_size, bf16=True)
+    compiled = {bf16: NetworkDescriber(model, geo, dev, args.batch_size, bf16=bf16, compile=True) for bf16 in (False, True)}
     plain = copy.deepcopy(model).to(dev).eval()  # what a user script runs: the model as loaded
     scale = desc.scale
     aff = patch_affines(kps.xy, kps.size, kps.angle, geo, 32)
@@ -135,6 +139,15 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
     t_fwd = min(timed(lambda: desc.describe_patches(ready), args.repeats, sync),
                 timed(lambda: desc_bf16.describe_patches(ready), args.repeats, sync))
     gap = float(np.abs(desc.describe_patches(batched_patches()) - plain_forward(batched_patches())).max())
+    t_comp, compile_s, comp_gap = {}, {}, {}
+    for bf16, d in compiled.items():
+        t = time.perf_counter()  # the first call compiles (both batch sizes: 1,024 and the last 976)
+        first = d.describe_patches(ready)
+        sync()
+        compile_s[bf16] = time.perf_counter() - t
+        comp_gap[bf16] = float(np.abs(first - (desc_bf16 if bf16 else desc).describe_patches(ready)).max())
+        t_comp[bf16] = timed(lambda d=d: d.describe_patches(batched_patches()), args.repeats, sync)
+        t_fwd = min(t_fwd, timed(lambda d=d: d.describe_patches(ready), args.repeats, sync))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     rows = [
         {"device": name, "stage": "patches", "method": "naive crop loop (warpAffine)", "images_per_s": 1 / t_naive_p},
@@ -147,15 +160,22 @@ def run_device(dev: torch.device, img: np.ndarray, kps, model: torch.nn.Module, 
          "speedup": t_naive_e / t_batch_e, "speedup_vs_per_keypoint": t_one / t_batch_e, "max_abs_diff_vs_plain": gap},
         {"device": name, "stage": "end to end", "method": "descbal extract --bf16", "images_per_s": 1 / t_bf16_e,
          "speedup": t_naive_e / t_bf16_e, "speedup_vs_per_keypoint": t_one / t_bf16_e},
+        *({"device": name, "stage": "end to end", "method": f"descbal extract {label} --compile"
+           + ("" if d.compile_path.compiled else f" (ran eager: {d.compile_path.reason})"),
+           "images_per_s": 1 / t_comp[bf16], "speedup": t_naive_e / t_comp[bf16],
+           "speedup_vs_per_keypoint": t_one / t_comp[bf16], "compile_s": compile_s[bf16],
+           "max_abs_diff_vs_eager": comp_gap[bf16], "compile": d.compile_path.to_dict()}
+          for (bf16, d), label in zip(compiled.items(), ("(float32)", "--bf16"), strict=True)),
         # Amdahl: with patch sampling free, descbal still runs its fastest forward, so no
         # sampling work can push the end-to-end speed-up past this.
-        {"device": name, "stage": "bound", "method": "descriptors alone (fastest of float32 / bf16), patches free",
+        {"device": name, "stage": "bound",
+         "method": "descriptors alone (fastest of float32 / bf16, eager / compiled), patches free",
          "images_per_s": 1 / t_fwd, "speedup": t_naive_e / t_fwd},
     ]
     if dev.type == "cuda":  # candidates for the GPU defaults, measured last (cudnn.benchmark stays on)
         for label, bf16 in (("float32", False), ("--bf16", True)):
             d = NetworkDescriber(model, geo, dev, args.batch_size, bf16=bf16)
-            d.model = d.model.to(memory_format=torch.channels_last)
+            d.model = d.forward = d.model.to(memory_format=torch.channels_last)
             t = timed(lambda d=d: d.describe_patches(batched_patches()), args.repeats, sync)
             rows.append({"device": name, "stage": "end to end", "method": f"descbal extract ({label}), channels-last weights",
                          "images_per_s": 1 / t, "speedup": t_naive_e / t})
@@ -195,6 +215,8 @@ def main() -> None:
                 sp += f"; {r['speedup_vs_per_keypoint']:.1f}x vs per-keypoint"
             if "max_abs_diff_vs_plain" in r:
                 sp += f"; max descriptor diff {r['max_abs_diff_vs_plain']:.1e}"
+            if "compile_s" in r:
+                sp += f"; first call (compiling) {r['compile_s']:.1f} s; max diff vs eager {r['max_abs_diff_vs_eager']:.1e}"
         print(f"| {r['device']} | {r['stage']} | {r['method']} | {r['images_per_s']:.3g} | {sp} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"image": source, "keypoints": len(kps), "model": args.model,

@@ -306,6 +306,10 @@ def extract_cmd(
     half: Annotated[bool, typer.Option("--half", help="Store descriptors as float16.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="Run the network in bfloat16 (faster on GPUs and AVX512-BF16 "
                                        "CPUs; descriptors change by about 0.01 in L2).")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Compile the network with torch.compile (inductor): "
+                                          "the first image is slower (compilation), later ones may be faster; "
+                                          "without a C++ compiler (Triton on CUDA) it runs eager with a "
+                                          "warning.")] = False,
     batch_size: Annotated[int, typer.Option(help="Patches per forward pass.")] = 1024,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the output afresh instead of skipping images "
@@ -343,7 +347,7 @@ def extract_cmd(
         raise BadInputError("--max-keypoints must be >= 0 and --batch-size >= 1")
     cfg = ExtractConfig(model=model, detector=detector, max_keypoints=max_keypoints,
                         geometry=_geometry(mag, size_kind, angle_unit, angle_sign, pixel_origin, upright),
-                        device=device, batch_size=batch_size, half=half, bf16=bf16)
+                        device=device, batch_size=batch_size, half=half, bf16=bf16, compile=compile)
     with progress_reporter(quiet) as progress:
         result = extract_folder(images_dir, out, cfg, fmt=fmt.value, overwrite=overwrite, progress=progress)
     show(extract_report(result), quiet)

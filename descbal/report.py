@@ -155,8 +155,13 @@ def stereo_report(result: StereoResult) -> list[Renderable]:
 
 
 def extract_report(result: ExtractResult) -> list[Renderable]:
-    """``descbal extract``: one line per failed image, then the summary line."""
-    lines: list[Renderable] = [f"[yellow]skipped[/yellow] {f['name']}: {f['reason']}" for f in result.failed]
+    """``descbal extract``: a warning when ``--compile`` fell back to eager, one line per failed
+    image, then the summary line."""
+    lines: list[Renderable] = []
+    compiled = result.provenance.get("compile") or {}
+    if compiled.get("requested") and compiled.get("reason"):
+        lines.append(f"[yellow]warning:[/yellow] --compile: {compiled['reason']}")
+    lines += [f"[yellow]skipped[/yellow] {f['name']}: {f['reason']}" for f in result.failed]
     lines.append(f"{result.out}: {result.extracted} image(s) extracted ({result.num_keypoints} keypoints, "
                  f"{result.images_per_s:.1f} images/s), {result.skipped_existing} already there, "
                  f"{len(result.failed)} failed")

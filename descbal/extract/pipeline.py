@@ -45,6 +45,7 @@ class ExtractConfig:
     batch_size: int = 1024  # patches per forward pass
     half: bool = False  # store descriptors as float16
     bf16: bool = False  # run the network under bfloat16 autocast
+    compile: bool = False  # run the network compiled by torch.compile (inductor; eager where it cannot compile)
     commit_every: int = COMMIT_EVERY_IMAGES  # an hloc output commits after this many new images ...
     commit_every_s: float = COMMIT_EVERY_S  # ... or this many seconds, whichever first (a kill keeps that)
     max_size: int | None = None  # detect and describe on the image shrunk to this longer side; keypoints in full-size pixels
@@ -88,6 +89,8 @@ class FeatureExtractor:
             the result: ``self.geometry``, ``self.geometry_source``, both in the provenance).
         device: ``auto``, ``cpu``, ``cuda``... or a torch.device.
         bf16: run a network under bfloat16 autocast (see :class:`~descbal.extract.describers.NetworkDescriber`).
+        compile: run a network compiled by ``torch.compile``, or eager where inductor cannot
+            compile (``provenance["compile"]`` says which, and why).
         max_size: detect and describe on the image downscaled so that its longer side is
             ``max_size`` (:func:`descbal.images.fit_max_side`); keypoints, scales and
             ``image_size`` are then given in the full image's pixels (:func:`scale_features`).
@@ -99,7 +102,7 @@ class FeatureExtractor:
 
     def __init__(self, model: ModelSpec = "sift", detector: str = "sift", max_keypoints: int = 2048,
                  geometry: GeometrySpec = GeometryOptions(), device: str | torch.device = "auto",
-                 batch_size: int = 1024, bf16: bool = False, max_size: int | None = None) -> None:
+                 batch_size: int = 1024, bf16: bool = False, max_size: int | None = None, compile: bool = False) -> None:
         get_detector(detector)  # fail before loading the model
         if max_keypoints < 0:
             raise ValueError("max_keypoints must be >= 0")
@@ -111,12 +114,12 @@ class FeatureExtractor:
         self.max_keypoints = max_keypoints
         resolved = describer_model(model)
         self.geometry, self.geometry_source = resolve_geometry(geometry, resolved.geometry)
-        self.describer = load_describer(resolved, self.geometry, self.device, batch_size, bf16)
+        self.describer = load_describer(resolved, self.geometry, self.device, batch_size, bf16, compile)
 
     @classmethod
     def from_config(cls, cfg: ExtractConfig) -> FeatureExtractor:
         return cls(cfg.model, cfg.detector, cfg.max_keypoints, cfg.geometry, cfg.device, cfg.batch_size, cfg.bf16,
-                   cfg.max_size)
+                   cfg.max_size, cfg.compile)
 
     @property
     def provenance(self) -> dict[str, Any]:
