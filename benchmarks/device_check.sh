@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (see the device tool's README): distributed training
-# throughput (issue 18, about 2 min), the extract speed benchmark (issue 8), then long self-supervised training runs (issue 7), one
+# throughput (issue 18, about 2 min), the compiled training step (issue 20, about 3 min), the
+# extract speed benchmark (issues 8 and 20), then long self-supervised training runs (issue 7), one
 # process per pool preset, in parallel on the one GPU. Results land under $OUT (at most 6 files).
 #
 # The shared data must be at ../shared/data; when only a carried copy at .devdata exists
@@ -22,6 +23,10 @@ python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.c
 echo "== distributed training (issue 18): single process against the distributed path on every GPU here"
 OMP_NUM_THREADS=4 timeout 240 python3 benchmarks/distributed.py --device cuda --classes 2560 --steps 10 \
     --json "$OUT/distributed.json" 2>&1 | grep -v Warning
+
+echo "== training step (issue 20): plain loop, descbal eager, compiled (+ prefetch) at 2560 x 3, projected self-tnet time"
+OMP_NUM_THREADS=16 timeout 300 python3 benchmarks/train_step.py --device cuda --classes 2560 --steps 20 \
+    --json "$OUT/train_step.json" 2>&1 | grep -v Warning
 
 echo "== extract speed (eager and --compile; compiling costs about a minute per model)"
 OMP_NUM_THREADS=16 timeout 300 python3 benchmarks/extract.py --repeats 5 --json "$OUT/extract.json" 2>&1

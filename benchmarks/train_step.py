@@ -15,8 +15,8 @@ batch shape (HyNet, ``--loss``, ``--classes`` x 3 patches):
 * ``+ prefetch``: ``loop.prefetch`` (the next batch sampled and augmented in a thread);
 * ``compiled + bf16`` (CPU): ``loop.precision = "bf16"`` (on CUDA it is the default already).
 
-Each descbal row is timed in ``--rounds`` rounds of ``--steps`` steps, the rows interleaved
-(a busy machine slows them alike); the median round counts. Compilation happens in warm-up
+Each descbal row is timed in ``--rounds`` rounds of ``--steps`` steps (bf16 on the CPU: one
+step), the rows interleaved (a busy machine slows them alike); the median round counts. Compilation happens in warm-up
 steps and is printed apart. Targets: on the CPU, compiled >= 1.5x descbal eager (64 x 3 and
 256 x 3); on one H100/H200 at 2,560 x 3, >= 300,000 patches/s end to end and >= 7x the plain
 loop. On CUDA the projected time of the full ``self-tnet`` recipe is printed.
@@ -167,15 +167,21 @@ def time_rows(device: torch.device, classes: int, npos: int, steps: int, rounds:
         times: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(rounds):
             for name, t in trainers.items():
+                # bf16 on a CPU without AVX512-BF16 is emulated, ~10x slower: one step per round
+                n = 1 if (device.type == "cpu" and t.bf16) else steps
                 _sync(device)
                 t0 = time.perf_counter()
-                for _ in range(steps):
+                for _ in range(n):
                     t.step(0, pos[name])
                     pos[name] += 1
+                if t._pending is not None:  # the batch prefetched for the next round is this row's work
+                    t._pending[1].result()
                 _sync(device)
-                times[name].append((time.perf_counter() - t0) / steps)
-        for t in trainers.values():
+                times[name].append((time.perf_counter() - t0) / n)
+        for name, t in trainers.items():
             t.close()
+            if t.compiler is not None and t.compiler.compile_s != compile_s[name]:
+                print(f"  note: {name} compiled again during the timed rounds ({t.compiler.compiles} graphs in all)")
     return {name: {"step_s": statistics.median(v), "compile_s": compile_s[name]} for name, v in times.items()}
 
 

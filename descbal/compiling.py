@@ -15,6 +15,7 @@ runs see the same masks and differ only by float rounding.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +30,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CompilePath:
     """What a request to compile came to.
 
-    ``requested``: compiling was asked for; ``compiled``: the function is compiled (inductor);
-    ``reason``: why it was not, when requested (one line; None otherwise).
+    ``requested``: compiling was asked for; ``compiled``: the function is compiled (by
+    ``backend``); ``reason``: why it was not, when requested (one line; None otherwise).
     """
 
     requested: bool
     compiled: bool
     reason: str | None = None
+    backend: str = "inductor"
 
     @property
     def name(self) -> str:
-        """``"inductor"`` or ``"eager"``: the path that runs."""
-        return "inductor" if self.compiled else "eager"
+        """The path that runs: ``"inductor"``, ``"eager"`` (not compiled), or for another dynamo
+        backend (tests) ``"dynamo-NAME"``."""
+        if not self.compiled:
+            return "eager"
+        return self.backend if self.backend == "inductor" else f"dynamo-{self.backend}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"requested": self.requested, "path": self.name, "reason": self.reason}
@@ -72,15 +77,15 @@ def compiler_missing(device: torch.device) -> str | None:
 
 
 def compile_function(fn: F, device: torch.device, requested: bool = True, *, dynamic: bool | None = None,
-                     fullgraph: bool = False, backend: str | Callable[..., Any] = "inductor",
-                     on_compile: Callable[[], None] | None = None) -> tuple[F, CompilePath]:
+                     fullgraph: bool = False, backend: str = "inductor") -> tuple[F, CompilePath]:
     """``torch.compile(fn)`` for ``device``, or ``fn`` itself when not ``requested`` or when the
     machine cannot compile (:func:`compiler_missing`); returns the function to call and the
     :class:`CompilePath` taken.
 
-    ``dynamic``/``fullgraph``: as ``torch.compile`` takes them. ``backend``: inductor (the
-    default), or another dynamo backend (tests use a cheaper one). ``on_compile``: called once
-    per graph compiled (a first call, a recompilation, each piece around a graph break).
+    ``dynamic``/``fullgraph``: as ``torch.compile`` takes them. ``backend``: ``"inductor"`` (the
+    default), or another registered dynamo backend (tests use ``"eager"``, which traces the same
+    graphs without generating code). Every graph compiled through here counts in
+    :func:`compile_count`.
     """
     if not requested:
         return fn, CompilePath(False, False)
@@ -88,27 +93,37 @@ def compile_function(fn: F, device: torch.device, requested: bool = True, *, dyn
         missing = compiler_missing(device)
         if missing is not None:
             return fn, CompilePath(True, False, f"compiling skipped, running eager: {missing}")
+    compiled = torch.compile(fn, backend=_counted_backend(backend), dynamic=dynamic, fullgraph=fullgraph)
+    return compiled, CompilePath(True, True, backend=backend)  # type: ignore[return-value]
+
+
+_COMPILES = [0]
+
+
+def compile_count() -> int:
+    """Graphs compiled through :func:`compile_function` in this process so far (a caller
+    measures its own as the difference around its calls)."""
+    return _COMPILES[0]
+
+
+@functools.cache
+def _counted_backend(name: str) -> Callable[..., Any]:
+    """One backend object per name for the whole process: dynamo keeps a function's compiled
+    graphs per backend, so a new wrapper per trainer would add entries until its recompile
+    limit (8 per function) and then run eager without saying so."""
+    if name == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
-        def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        def inner(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
             return compile_fx(gm, example_inputs, config_patches={"fallback_random": True})
+    else:
+        from torch._dynamo.backends.registry import lookup_backend
 
-        backend = inductor
-    if on_compile is not None:
-        inner = backend
+        inner = lookup_backend(name)
 
-        def counted(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-            on_compile()
-            return _lookup_backend(inner)(gm, example_inputs)
+    def counted(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        _COMPILES[0] += 1
+        return inner(gm, example_inputs)
 
-        backend = counted
-    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
-    return compiled, CompilePath(True, True)  # type: ignore[return-value]
-
-
-def _lookup_backend(backend: str | Callable[..., Any]) -> Callable[..., Any]:
-    if callable(backend):
-        return backend
-    from torch._dynamo.backends.registry import lookup_backend
-
-    return lookup_backend(backend)
+    counted.__name__ = f"descbal_{name}"
+    return counted

@@ -117,7 +117,7 @@ def test_resume_reports_the_position(trained: tuple[Path, dict]) -> None:
         ("nosuch.key=1", "nosuch"),
         ("loop.epochs=abc", "loop.epochs"),
         ("loop.epochs=1.5", "loop.epochs"),
-        ("loop.bf16=3", "loop.bf16"),
+        ("loop.compile=3", "loop.compile"),
         ("schedule.moms=[0.9, 0.8]", "schedule.moms"),
         ("loop.epochs", "loop.epochs"),
         ("loop.epochs.x=1", "loop.epochs"),
@@ -310,3 +310,24 @@ def test_seed_and_device_options(sets: tuple[Path, Path], tmp_path: Path) -> Non
     assert "seed = 11" in text and 'device = "cpu"' in text
     res = run("train", "--resume", out, "--seed", "3")
     assert res.exit_code == 2 and "drop the other options" in res.stderr
+
+
+def test_compile_option(sets: tuple[Path, Path], trained: tuple[Path, dict], tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile`` is ``loop.compile = true`` (dynamo's eager backend here: the path, not the
+    codegen); with ``--resume`` it is refused like every other option."""
+    import torch._dynamo
+
+    from descbal.train import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+    out = tmp_path / "run"
+    res = run("train", "--recipe", "triplet", "--data", sets[0], "--no-val", *SMALL, "--compile", "--out", out)
+    torch._dynamo.reset()
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "compiled the training step: 1 graph(s)" in res.stderr
+    assert "compile = true" in (out / "config.toml").read_text()
+    env = json.loads((out / "environment.json").read_text())
+    assert env["compile"]["requested"] is True and env["compile"]["scope"] == {"main": "step"}
+    assert env["precision"] == "fp32" and env["prefetch"] is False
+    one_line_error(run("train", "--resume", trained[0], "--compile"), 2, "--resume continues a run with its own config")

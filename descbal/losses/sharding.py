@@ -50,7 +50,7 @@ def global_means(values: dict[str, torch.Tensor], anchors: AnchorShard | None) -
     first = values[names[0]]
     sums = torch.stack([values[k].detach().sum().to(first.dtype) for k in names]
                        + [torch.tensor(float(first.numel()), dtype=first.dtype, device=first.device)])
-    sums = anchors.sum(sums)
+    sums = anchors.sum(sums).to(torch.float64)  # divided in float64, as float(sum) / n was
     n = sums[-1]
     means = torch.where(n > 0, sums[:-1] / n.clamp(min=1), torch.zeros_like(sums[:-1]))
     return {k: means[i] for i, k in enumerate(names)}

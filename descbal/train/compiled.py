@@ -12,7 +12,8 @@ the last block's dropout and BatchNorm).
 Graph breaks: the triplet-like pipelines (``triplet``, ``balance``, ``anneal`` with the
 ``hardest`` miner, ``mean`` reducer and the ``self`` teacher or none) trace whole
 (:attr:`descbal.losses.pipeline.LossPipeline.fullgraph`, tested with ``fullgraph=True``).
-The others compile in pieces around the breaks:
+The others cannot; for them only the network is compiled and the rest of the step runs eager
+(compiling their steps in pieces around the breaks changed DDTAS's numbers, so it is not done):
 
 * ``ddtas``: AT-ASMS picks its pairs with ``nonzero`` (data-dependent counts) and reads its
   ratios back as floats to set the thresholds; the meta step calls ``torch.autograd.grad``
@@ -22,11 +23,13 @@ The others compile in pieces around the breaks:
 * ``osm_caa``: its class-aware attention groups the batch with ``torch.unique`` and its pairs
   come from ``nonzero``.
 
-Recompilations: a graph is specialised to the batch size and to the loss's constants; when one
-changes (an annealing cycle: fewer classes, another threshold), dynamo compiles once more with
-that value left symbolic, and later changes of the same value reuse that graph. A run of
-Self-TNet's recipe (stage 1, then 15 annealing cycles of shrinking batches and rising
-thresholds) therefore compiles 3 times; :attr:`StepCompiler.compiles` counts them.
+Recompilations: the batch dimension is symbolic from the first graph on (``mark_dynamic``), so
+batch sizes never recompile, and the graph a phase gets does not depend on the phases before
+it (a run resumed in a new process compiles the same code). A new loss compiles once more, and
+a loss constant that changes (the annealing threshold) once, after which dynamo leaves it
+symbolic. A run of Self-TNet's recipe (stage 1, then 15 annealing cycles of shrinking batches
+and rising thresholds) therefore compiles at most 3 times (dynamo's count, the same for every
+backend; tested); :attr:`StepCompiler.compiles` counts them.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from descbal.compiling import CompilePath, compile_function
+from descbal.compiling import CompilePath, compile_count, compile_function
 from descbal.losses.pipeline import LossPipeline
 from descbal.losses.tuples import Stat
 from descbal.train.step import loss_step
@@ -61,31 +64,50 @@ def step_forward(model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labe
 
 
 class StepCompiler:
-    """:func:`step_forward`, compiled for ``device`` when ``requested`` and possible.
+    """:func:`step_forward`, compiled for ``device`` when ``requested`` and possible: whole for
+    a pipeline that traces into one graph (:attr:`LossPipeline.fullgraph`), else with the
+    network alone compiled (:func:`scope`).
 
     ``path``: the :class:`~descbal.compiling.CompilePath` taken; ``compiles``: graphs compiled
     so far; ``compile_s``: seconds spent in steps that compiled.
     """
 
     def __init__(self, device: torch.device, requested: bool) -> None:
+        self.device = device
         self.compiles = 0
         self.compile_s = 0.0
         self.fn: Callable[..., tuple[torch.Tensor, dict[str, Stat]]]
-        self.fn, self.path = compile_function(step_forward, device, requested, backend=BACKEND,
-                                              on_compile=self._counted)
+        self.fn, self.path = compile_function(step_forward, device, requested, backend=BACKEND)
+        self._networks: dict[int, nn.Module] = {}  # id(model) -> the compiled network, for the other pipelines
 
-    def _counted(self) -> None:
-        self.compiles += 1
+    def _network(self, model: nn.Module) -> nn.Module:
+        if id(model) not in self._networks:  # (the wrapper holds the model: its id is not reused)
+            self._networks[id(model)] = compile_function(model, self.device, backend=BACKEND)[0]
+        return self._networks[id(model)]
 
     def __call__(self, model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
                  classes: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict[str, Stat], bool]:
         """The step's loss and statistics, and whether this call compiled."""
-        before, t0 = self.compiles, time.perf_counter()
-        loss, stats = self.fn(model, pipeline, x, labels, classes, bf16)
-        compiled = self.compiles != before
+        before, t0 = compile_count(), time.perf_counter()
+        if self.path.compiled:
+            # the batch dimension is symbolic from the first graph on: the graph a phase gets does
+            # not depend on the batch sizes seen before (a resumed run compiles the same code)
+            for t in (x, labels, classes):
+                torch._dynamo.mark_dynamic(t, 0)
+        if self.path.compiled and not pipeline.fullgraph:
+            loss, stats = step_forward(self._network(model), pipeline, x, labels, classes, bf16)
+        else:
+            loss, stats = self.fn(model, pipeline, x, labels, classes, bf16)
+        compiled = compile_count() != before
+        self.compiles += compile_count() - before
         if compiled:
             self.compile_s += time.perf_counter() - t0
         return loss, stats, compiled
+
+
+def scope(pipeline: LossPipeline) -> str:
+    """What ``loop.compile`` compiles of a step with ``pipeline``: ``"step"`` or ``"network"``."""
+    return "step" if pipeline.fullgraph else "network"
 
 
 def compile_note(path: CompilePath) -> str | None:

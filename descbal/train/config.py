@@ -71,8 +71,10 @@ class LoopConfig:
     """Length, batch shape and execution of the training loop.
 
     ``compile``: the whole step's forward (teacher and student passes, mining, loss) is one
-    ``torch.compile`` region whose backward is compiled with it (``descbal.train.compiled``);
-    without a C++ compiler (CPU) or Triton (CUDA) the run goes on eager with one warning line.
+    ``torch.compile`` graph whose backward is compiled with it, for the pipelines that trace
+    whole; for the others, and in distributed runs, the network alone is compiled
+    (``descbal.train.compiled``); without a C++ compiler (CPU) or Triton (CUDA) the run goes on
+    eager with one warning line.
     ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"fp32"`` or ``"bf16"``
     (autocast on any device; on a CPU without AVX512-BF16 it is emulated and slower).
     ``prefetch``: the next batch is sampled and augmented in a background thread while the

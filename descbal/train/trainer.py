@@ -7,7 +7,9 @@ validation), ``checkpoints/last.pt`` (+ one per epoch) and, at the end, ``model.
 A run is a list of *phases* run in order (``descbal.train.phases``: the recipe's
 ``[phases.NAME]`` tables, annealing cycles expanded), each with its own loss pipeline, batch
 shape, length, schedule and a fresh optimiser. Each step embeds the batch and scores it with
-the phase's pipeline (``descbal.train.step.loss_step``).
+the phase's pipeline (``descbal.train.step.loss_step``); with ``loop.compile`` that forward is
+one compiled graph (``descbal.train.compiled``), with ``loop.prefetch`` the next batch is
+prepared in a thread meanwhile, and ``loop.precision`` sets the autocast.
 
 Determinism: batch ``i`` of epoch ``e`` of phase ``p`` and its augmentation are pure functions
 of ``(seed, p, e, i)``, and the torch generator (dropout) is re-seeded from ``(seed, step)`` before
@@ -54,7 +56,7 @@ from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 from descbal.train import distributed
 from descbal.train.augment import AugmentParams, network_input, sample_params
-from descbal.train.compiled import StepCompiler, compile_note
+from descbal.train.compiled import StepCompiler, compile_note, scope
 from descbal.train.config import NO_VAL, DataConfig, RunConfig
 from descbal.train.distributed import BatchShard, DistContext
 from descbal.train.global_layers import distribute_layers
@@ -166,10 +168,11 @@ class Trainer:
         if dist is None:
             self.compiler = StepCompiler(self.device, cfg.loop.compile)
             self.step_model: nn.Module = self.model
-            self.compile_path, self.compile_scope = self.compiler.path, "step"
+            self.compile_path = self.compiler.path
+            self.compile_scope = {p.name: scope(p.pipeline) for p in self.phases}
         else:
             self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
-            self.compile_scope = "network"
+            self.compile_scope = {p.name: "network" for p in self.phases}
         self.compiled_now = False  # the last step compiled a graph
         self._prefetcher: ThreadPoolExecutor | None = None
         self._pending: tuple[tuple[int, int, int], Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -244,7 +247,8 @@ class Trainer:
 
     def execution(self) -> dict[str, Any]:
         """How the steps run, for ``environment.json``: ``compile`` (requested, ``path``
-        inductor or eager, the reason it fell back, ``scope`` step or network), ``precision``
+        inductor or eager, the reason it fell back, and per phase the ``scope`` compiled: the
+        whole ``step`` or the ``network`` alone, ``descbal.train.compiled``), ``precision``
         (bf16 or fp32 autocast) and ``prefetch``."""
         return {"compile": {**self.compile_path.to_dict(), "scope": self.compile_scope},
                 "precision": "bf16" if self.bf16 else "fp32", "prefetch": self.cfg.loop.prefetch}
@@ -429,9 +433,9 @@ class Trainer:
             ph = self.phases[self.phase]
             if self.epoch == 0 and self.iteration == 0:
                 say(phase_line(ph))
-                if self.compiler is not None and self.compile_path.compiled and not ph.pipeline.fullgraph:
-                    say(f"phase {ph.name}: loss {ph.pipeline.loss.name} compiles in pieces around its graph breaks "
-                        "(descbal.train.compiled lists them)")
+                if self.compiler is not None and self.compile_path.compiled and scope(ph.pipeline) != "step":
+                    say(f"phase {ph.name}: loss {ph.pipeline.loss.name} does not trace into one graph; the network "
+                        "alone is compiled (descbal.train.compiled says why)")
             while self.iteration < ph.iters_per_epoch:
                 stats = self.step(self.epoch, self.iteration)
                 if self.compiled_now and self.compiler is not None:
@@ -609,26 +613,28 @@ def run_config(out: str | Path | None = None, *, resume: str | Path | None = Non
                config: str | Path | None = None, overrides: Sequence[str] = (),
                data: str | Path | Sequence[str | Path] | None = None,
                val: str | Path | None = None, seed: int | None = None, device: str | None = None,
-               no_val: bool = False) -> RunConfig:
+               no_val: bool = False, compile: bool = False) -> RunConfig:
     """The configuration :func:`open_run` runs with the same arguments (and its checks of them):
     the resumed run's own, or the one resolved as recipe < config < overrides <
     data (one or several training sets)/val/seed/device (:func:`descbal.run_config.resolve_run_config`;
-    ``no_val``: no validation)."""
+    ``no_val``: no validation; ``compile``: ``loop.compile = true``)."""
     from descbal.run_config import resolve_run_config
 
     if resume is not None:
-        if config or recipe or overrides or data or val or no_val or seed is not None or device is not None:
+        if config or recipe or overrides or data or val or no_val or compile or seed is not None or device is not None:
             raise BadInputError("--resume continues a run with its own config; drop the other options")
         return _resume_config(Path(resume))
     if out is None:
         raise BadInputError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if compile:
+        overrides = (*overrides, "loop.compile=true")
     return resolve_run_config(recipe, config, overrides, data, val, seed, device, no_val=no_val)
 
 
 def open_run(out: str | Path | None = None, *, resume: str | Path | None = None, **options: Any) -> Trainer:
     """``descbal train``'s run: resumed from ``resume`` (with its own config, nothing else given),
     or started in ``out``; ``options`` (recipe, config, overrides, data, val, seed, device,
-    no_val) as :func:`run_config` takes them."""
+    no_val, compile) as :func:`run_config` takes them."""
     cfg = run_config(out, resume=resume, **options)
     if resume is not None:
         return resume_run(resume, cfg)
