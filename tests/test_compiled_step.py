@@ -170,12 +170,14 @@ def test_losses_with_graph_breaks_compile_the_network_alone(sets: tuple[Path, Pa
 
 def test_compiled_float64_run_equals_eager_after_50_steps(sets: tuple[Path, Path], tmp_path: Path) -> None:
     """inductor against eager over 50 balance-loss steps in float64, where rounding cannot hide
-    a wrong graph: the weights agree to 1e-10 after 10 steps and to 1e-4 after 50.
+    a wrong graph: the weights agree to 1e-11 after 10 steps and to 1e-4 after 50.
 
     The growth is the training's own sensitivity to rounding (hardest-pair mining, TLU's kinks,
-    Adam's normalisation): two eager float64 runs on 1 and on 2 threads differ by 6e-14 after 10
-    steps and 5e-8 after 50; compiled and eager, whose fused kernels round differently in many
-    more places, by about 1e-11 and 4e-6.
+    Adam's normalisation). Measured here: two eager float64 runs on 1 and on 2 threads differ by
+    5.5e-15 after 10 steps and 5.4e-8 after 50; compiled and eager, whose fused kernels round
+    differently in many more places, by 8.8e-15 and 3.9e-6. (In float32 the same tiny run is
+    chaotic: 1 and 2 threads differ by 2e-2 after 10 steps and by 4.5 after 50, compiled and
+    eager by 7e-4 and 2.8, so float32 weights are no test of the graph.)
     """
     if compiler_missing(torch.device("cpu")):
         pytest.skip("no C++ compiler: inductor cannot run here")
@@ -191,7 +193,7 @@ def test_compiled_float64_run_equals_eager_after_50_steps(sets: tuple[Path, Path
 
     for t in trainers.values():
         t.fit(stop_after=10)
-    assert worst() < 1e-10
+    assert worst() < 1e-11
     for t in trainers.values():
         t.fit()
     assert worst() < 1e-4

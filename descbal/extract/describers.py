@@ -74,7 +74,7 @@ class NetworkDescriber:
             AVX512-BF16 the forward pass is 2x faster for HardNet and 1.8x for HyNet.
         compile: run the inference copy compiled by ``torch.compile`` (inductor;
             :func:`descbal.compiling.compile_function`): the first batch pays the compilation
-            (about 10 s for HardNet on 2 CPU cores); descriptors equal eager ones within 1e-5
+            (about 14 s for HardNet on 2 CPU cores); descriptors equal eager ones within 1e-5
             in float32 (measured 6e-7) and 0.02 in L2 under ``bf16`` (other roundings). Where
             inductor cannot compile (no C++ compiler on the CPU, no Triton on CUDA) the network
             runs eager and ``compile_path.reason`` says why. Combines with ``bf16``.
