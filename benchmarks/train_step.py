@@ -178,11 +178,21 @@ def time_rows(device: torch.device, classes: int, npos: int, steps: int, rounds:
                     t._pending[1].result()
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) / n)
+        # sampling + augmentation alone (what prefetch could hide), on the eager trainer
+        t = trainers[next(iter(rows))]
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            t._batch_inputs(t.phase, 0, pos[next(iter(rows))] + i)
+        _sync(device)
+        sample_s = (time.perf_counter() - t0) / steps
         for name, t in trainers.items():
             t.close()
             if t.compiler is not None and t.compiler.compile_s != compile_s[name]:
                 print(f"  note: {name} compiled again during the timed rounds ({t.compiler.compiles} graphs in all)")
-    return {name: {"step_s": statistics.median(v), "compile_s": compile_s[name]} for name, v in times.items()}
+    out = {name: {"step_s": statistics.median(v), "compile_s": compile_s[name]} for name, v in times.items()}
+    out["sampling + augmentation alone"] = {"step_s": sample_s, "compile_s": 0.0}
+    return out
 
 
 def selftnet_patches() -> float:
@@ -221,6 +231,7 @@ def main() -> None:
         res = time_rows(dev, classes, args.npos, steps, args.rounds, args.warmup, args.loss, data, rows)
         plain = run_plain(dev, classes, args.npos, base_steps, args.loss, patches, labels)
         n = classes * args.npos
+        sample = res.pop("sampling + augmentation alone")["step_s"]
         eager = res["descbal eager"]["step_s"]
         print(f"\nTraining step throughput on {name}: {classes} classes x {args.npos} patches, loss {args.loss}")
         print(f"{'pipeline':<36}{'patches/s':>12}{'step ms':>10}{'vs eager':>10}{'vs plain':>10}{'compile s':>11}")
@@ -230,6 +241,9 @@ def main() -> None:
                   f"{plain / r['step_s']:>9.2f}x{r['compile_s']:>11.1f}")
             out.append({"device": name, "classes": classes, "npos": args.npos, "loss": args.loss, "pipeline": label,
                         "patches_per_s": n / r["step_s"], "step_s": r["step_s"], "compile_s": r["compile_s"]})
+        print(f"sampling + augmentation alone (descbal, on the device): {1000 * sample:.1f} ms per batch, "
+              f"{100 * sample / eager:.0f} % of an eager step, {100 * sample / res['descbal compiled']['step_s']:.0f} % "
+              "of a compiled one")
         best = min(v["step_s"] for k, v in res.items() if k.startswith("descbal compiled") and "bf16" not in k)
         ratio = eager / best
         if cuda:

@@ -545,7 +545,7 @@ def train_cmd(
     seed: Annotated[int | None, seed_option("Seed of the run (loop.seed; after --set).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda "
                                                "(loop.device; after --set).")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="Compile the training step with torch.compile "
+    compile: Annotated[bool, typer.Option("--compile", help="Compile the training step with torch.compile "
                                            "(loop.compile = true; the network alone for losses that do not trace "
                                            "whole): faster steps after a first slow one; without a C++ compiler "
                                            "the run goes on eager with a warning.")] = False,
@@ -572,7 +572,7 @@ def train_cmd(
         typer.echo(recipe_text(show_recipe), nl=False)
         return
     run = {"out": out, "resume": resume, "recipe": recipe, "config": config, "overrides": tuple(set_ or ()),
-           "data": data or None, "val": val, "seed": seed, "device": device, "no_val": no_val, "compile": compile_}
+           "data": data or None, "val": val, "seed": seed, "device": device, "no_val": no_val, "compile": compile}
     if nproc is not None:
         from descbal.train.launch import train_processes
 

@@ -76,7 +76,7 @@ def loss_case_step(name: str, ctx: DistContext | None, steps: int = 2, dtype: to
         if ctx is not None:
             ctx.reduce_gradients(model.parameters(), False)
     return {
-        "loss": out.value, "stats": dict(out.stats), "sharded": pipe.shards_anchors,
+        "loss": out.value, "stats": out.floats(), "sharded": pipe.shards_anchors,
         "grads": {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None},
         "head": {k: p.grad.numpy().copy() for k, p in pipe.named_parameters() if p.grad is not None},
         "state": {k: v.numpy().copy() for k, v in pipe.state_dict().items()},

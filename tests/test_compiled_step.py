@@ -107,6 +107,9 @@ def test_known_classes_mine_as_unique_does() -> None:
 def test_step_output_floats_in_one_read() -> None:
     out = StepOutput(torch.tensor(1.5), {"a": torch.tensor(0.25), "b": 3.0, "c": torch.tensor([2.0])})
     assert out.floats() == {"a": 0.25, "b": 3.0, "c": 2.0} and list(out.floats()) == ["a", "b", "c"]
+    assert out.report() == {"loss": 1.5, "a": 0.25, "b": 3.0, "c": 2.0}
+    out.total = 7.0  # a distributed rank's share: the global loss is reported
+    assert out.report() == {"loss": 7.0, "a": 0.25, "b": 3.0, "c": 2.0}
 
 
 # ---------------------------------------------------------------------------- recompilations
@@ -241,13 +244,16 @@ def test_without_a_compiler_the_run_goes_on_eager_with_one_warning(sets: tuple[P
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-cxx-descbal",))
-    assert "no C++ compiler" in (compiler_missing(torch.device("cpu")) or "")
+    monkeypatch.delenv("CXX", raising=False)
     cfg = replace(tiny_config(*sets, epochs=1, iters=2, classes=6, compile=True), data=replace(
         tiny_config(*sets).data, val="none"))
     lines: list[str] = []
-    t = start_run(cfg, tmp_path / "run")
-    t.fit(log=lines.append)
+    # (inductor's config.patch, not monkeypatch: monkeypatch's undo deletes a config entry)
+    with inductor_config.patch({"cpp.cxx": ("no-such-cxx-descbal",)}):
+        assert "no C++ compiler" in (compiler_missing(torch.device("cpu")) or "")
+        t = start_run(cfg, tmp_path / "run")
+        t.fit(log=lines.append)
+    assert compiler_missing(torch.device("cpu")) is None
     warnings = [x for x in lines if x.startswith("warning:")]
     assert len(warnings) == 1 and "running eager" in warnings[0] and "no C++ compiler" in warnings[0]
     env = json.loads((tmp_path / "run" / "environment.json").read_text())["compile"]

@@ -577,23 +577,24 @@ def test_compile_without_a_cxx_runs_eager_with_one_warning(folder: Path, tmp_pat
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-cxx",))  # a machine without a C++ compiler
-    monkeypatch.delenv("CXX", raising=False)
-    net = PatchIdentity()
-    d = NetworkDescriber(net, compile=True)
-    assert d.forward is d.model and d.provenance["compile"]["path"] == "eager"
-    assert d.provenance["compile"]["requested"] is True and "no C++ compiler" in d.provenance["compile"]["reason"]
-    img = textured(9, 200, 240)
-    k = detect(img, "sift", 10)
-    np.testing.assert_array_equal(d(img, k)[0], NetworkDescriber(net)(img, k)[0])
-    # an extraction made without --compile resumes with it (same descriptors up to rounding)
-    out = tmp_path / "f.h5"
-    base = ["extract", str(folder), "-m", str(identity_model), "-o", str(out), "--max-keypoints", "5", "--device", "cpu"]
-    assert runner.invoke(app, base).exit_code == 0
-    r = runner.invoke(app, [*base, "--compile", "--json", "-"])
-    assert r.exit_code == 0, r.output
-    warnings = [line for line in r.output.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "--compile: compiling skipped, running eager: no C++ compiler" in warnings[0]
-    assert '"skipped_existing": 3' in r.output and '"path": "eager"' in r.output
-    r = runner.invoke(app, ["extract", str(folder), "-m", "rootsift", "-o", str(tmp_path / "h.h5"), "--compile"])
-    assert r.exit_code == 2 and "--compile applies to networks" in r.output and not (tmp_path / "h.h5").exists()
+    # a machine without a C++ compiler (config.patch: monkeypatch's undo would delete the config entry)
+    with inductor_config.patch({"cpp.cxx": ("no-such-cxx",)}):
+        monkeypatch.delenv("CXX", raising=False)
+        net = PatchIdentity()
+        d = NetworkDescriber(net, compile=True)
+        assert d.forward is d.model and d.provenance["compile"]["path"] == "eager"
+        assert d.provenance["compile"]["requested"] is True and "no C++ compiler" in d.provenance["compile"]["reason"]
+        img = textured(9, 200, 240)
+        k = detect(img, "sift", 10)
+        np.testing.assert_array_equal(d(img, k)[0], NetworkDescriber(net)(img, k)[0])
+        # an extraction made without --compile resumes with it (same descriptors up to rounding)
+        out = tmp_path / "f.h5"
+        base = ["extract", str(folder), "-m", str(identity_model), "-o", str(out), "--max-keypoints", "5", "--device", "cpu"]
+        assert runner.invoke(app, base).exit_code == 0
+        r = runner.invoke(app, [*base, "--compile", "--json", "-"])
+        assert r.exit_code == 0, r.output
+        warnings = [line for line in r.output.splitlines() if "warning" in line]
+        assert len(warnings) == 1 and "--compile: compiling skipped, running eager: no C++ compiler" in warnings[0]
+        assert '"skipped_existing": 3' in r.output and '"path": "eager"' in r.output
+        r = runner.invoke(app, ["extract", str(folder), "-m", "rootsift", "-o", str(tmp_path / "h.h5"), "--compile"])
+        assert r.exit_code == 2 and "--compile applies to networks" in r.output and not (tmp_path / "h.h5").exists()

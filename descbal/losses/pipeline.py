@@ -86,13 +86,23 @@ class StepOutput:
 
     def floats(self) -> dict[str, float]:
         """``stats`` as floats, the tensors read back in one transfer (one device sync)."""
-        names = [k for k, v in self.stats.items() if isinstance(v, torch.Tensor)]
-        out = {k: float(v) for k, v in self.stats.items() if not isinstance(v, torch.Tensor)}
-        if names:
-            tensors = [self.stats[k] for k in names]
-            values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()  # type: ignore[union-attr]
-            out.update(zip(names, values, strict=True))
-        return {k: out[k] for k in self.stats}
+        return _as_floats(self.stats)
+
+    def report(self) -> dict[str, float]:
+        """``{"loss": value, **floats()}``, the loss read back in the same transfer."""
+        if self.total is not None:
+            return {"loss": self.total, **self.floats()}
+        return _as_floats({"loss": self.loss.detach(), **self.stats})
+
+
+def _as_floats(stats: dict[str, Stat]) -> dict[str, float]:
+    names = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)}
+    if names:
+        tensors = [stats[k] for k in names]
+        values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()  # type: ignore[union-attr]
+        out.update(zip(names, values, strict=True))
+    return {k: out[k] for k in stats}
 
 
 class Loss(nn.Module):

@@ -365,7 +365,8 @@ class Trainer:
         self.optimizer.step()
         patches = len(labels) if shard is None else len(shard.labels)
         self.compiled_now = compiled
-        return {"loss": out.value, "lr": lr, "patches": float(patches), **out.floats()}
+        report = out.report()  # one device sync for the loss and every statistic
+        return {"loss": report.pop("loss"), "lr": lr, "patches": float(patches), **report}
 
     # ------------------------------------------------------------------ validation
 
