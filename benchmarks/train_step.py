@@ -15,8 +15,9 @@ batch shape (HyNet, ``--loss``, ``--classes`` x 3 patches):
 * ``+ prefetch``: ``loop.prefetch`` (the next batch sampled and augmented in a thread);
 * ``compiled + bf16`` (CPU): ``loop.precision = "bf16"`` (on CUDA it is the default already).
 
-Each descbal row is timed in ``--rounds`` rounds of ``--steps`` steps (bf16 on the CPU: one
-step), the rows interleaved (a busy machine slows them alike); the median round counts. Compilation happens in warm-up
+Each row is timed in ``--rounds`` rounds of ``--steps`` steps (the plain loop:
+``--baseline-steps``; bf16 on the CPU: one step), the rows interleaved (a busy machine slows
+them alike); the median round counts. Compilation happens in warm-up
 steps and is printed apart. Targets: on the CPU, compiled >= 1.5x descbal eager (64 x 3 and
 256 x 3); on one H100/H200 at 2,560 x 3, >= 300,000 patches/s end to end and >= 7x the plain
 loop. On CUDA the projected time of the full ``self-tnet`` recipe is printed.
@@ -100,32 +101,33 @@ def cpu_augment_one(p: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     return out.astype(np.float32) / 255.0
 
 
-def run_plain(device: torch.device, classes: int, npos: int, steps: int, loss_name: str,
-              patches: np.ndarray, labels: np.ndarray) -> float:
-    """The plain loop's seconds per step (after one warm-up step)."""
-    torch.manual_seed(0)
-    model = build_model("hynet").to(device)
-    pipeline = build_pipeline(loss_name).to(device)
-    opt = make_optimizer(model, OptimConfig(), 1e-3)
-    sampler = ClassBatchSampler(labels, classes, npos, seed=0)
-    cfg = AugmentConfig()
-    lab_t = torch.from_numpy(labels).to(device)
-    rng = np.random.default_rng(1)
-    total = 0.0
-    for i in range(steps + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        b = sampler.batch(0, i)
-        x = torch.from_numpy(np.stack([cpu_augment_one(patches[j], rng, cfg) for j in b.indices]))[:, None].to(device)
-        y = lab_t.index_select(0, torch.from_numpy(b.indices).to(device))
-        out = loss_step(model, pipeline, x, y)
-        opt.zero_grad(set_to_none=True)
+class PlainLoop:
+    """The reference loop: per-patch CPU augmentation, fp32 eager step (``step(i)`` runs batch i)."""
+
+    def __init__(self, device: torch.device, classes: int, npos: int, loss_name: str, patches: np.ndarray,
+                 labels: np.ndarray) -> None:
+        torch.manual_seed(0)
+        self.device, self.patches = device, patches
+        self.model = build_model("hynet").to(device)
+        self.pipeline = build_pipeline(loss_name).to(device)
+        self.opt = make_optimizer(self.model, OptimConfig(), 1e-3)
+        self.sampler = ClassBatchSampler(labels, classes, npos, seed=0)
+        self.cfg = AugmentConfig()
+        self.labels = torch.from_numpy(labels).to(device)
+        self.rng = np.random.default_rng(1)
+
+    def step(self, i: int) -> None:
+        b = self.sampler.batch(0, i)
+        x = torch.from_numpy(np.stack([cpu_augment_one(self.patches[j], self.rng, self.cfg) for j in b.indices]))
+        x = x[:, None].to(self.device)
+        y = self.labels.index_select(0, torch.from_numpy(b.indices).to(self.device))
+        out = loss_step(self.model, self.pipeline, x, y)
+        self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        opt.step()
-        _sync(device)
-        if i:
-            total += time.perf_counter() - t0
-    return total / steps
+        self.opt.step()
+
+
+PLAIN = "plain loop (per-patch CPU aug, fp32)"
 
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -147,8 +149,12 @@ def make_trainer(device: torch.device, classes: int, npos: int, loss_name: str, 
 
 
 def time_rows(device: torch.device, classes: int, npos: int, steps: int, rounds: int, warmup: int, loss_name: str,
-              data: PatchSet, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Seconds per step of each row (median over interleaved rounds) and its compile time."""
+              data: PatchSet, rows: dict[str, dict[str, Any]], plain_steps: int) -> dict[str, dict[str, float]]:
+    """Seconds per step of each row and of the plain loop (``plain_steps`` per round), medians
+    over interleaved rounds, and each row's compile time."""
+    plain = PlainLoop(device, classes, npos, loss_name, data.patches, data.labels)
+    plain.step(0)
+    plain_times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {name: make_trainer(device, classes, npos, loss_name, data, Path(tmp) / str(i), **opts)
                     for i, (name, opts) in enumerate(rows.items())}
@@ -165,7 +171,13 @@ def time_rows(device: torch.device, classes: int, npos: int, steps: int, rounds:
                 print(f"{name}: {t.compile_path.reason}")
             print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s ({compile_s[name]:.1f} s compiling)", flush=True)
         times: dict[str, list[float]] = {name: [] for name in rows}
-        for _ in range(rounds):
+        for r in range(rounds):
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(plain_steps):
+                plain.step(1 + r * plain_steps + i)
+            _sync(device)
+            plain_times.append((time.perf_counter() - t0) / plain_steps)
             for name, t in trainers.items():
                 # bf16 on a CPU without AVX512-BF16 is emulated, ~10x slower: one step per round
                 n = 1 if (device.type == "cpu" and t.bf16) else steps
@@ -192,6 +204,7 @@ def time_rows(device: torch.device, classes: int, npos: int, steps: int, rounds:
                 print(f"  note: {name} compiled again during the timed rounds ({t.compiler.compiles} graphs in all)")
     out = {name: {"step_s": statistics.median(v), "compile_s": compile_s[name]} for name, v in times.items()}
     out["sampling + augmentation alone"] = {"step_s": sample_s, "compile_s": 0.0}
+    out[PLAIN] = {"step_s": statistics.median(plain_times), "compile_s": 0.0}
     return out
 
 
@@ -228,14 +241,14 @@ def main() -> None:
         patches, labels = make_data(max(classes * 4, 20000 if cuda else 1000), 3)
         data = PatchSet(patches, labels.astype(np.int64))
         print(f"\n{classes} classes x {args.npos} patches: warming up", flush=True)
-        res = time_rows(dev, classes, args.npos, steps, args.rounds, args.warmup, args.loss, data, rows)
-        plain = run_plain(dev, classes, args.npos, base_steps, args.loss, patches, labels)
+        res = time_rows(dev, classes, args.npos, steps, args.rounds, args.warmup, args.loss, data, rows, base_steps)
+        plain = res.pop(PLAIN)["step_s"]
         n = classes * args.npos
         sample = res.pop("sampling + augmentation alone")["step_s"]
         eager = res["descbal eager"]["step_s"]
         print(f"\nTraining step throughput on {name}: {classes} classes x {args.npos} patches, loss {args.loss}")
         print(f"{'pipeline':<36}{'patches/s':>12}{'step ms':>10}{'vs eager':>10}{'vs plain':>10}{'compile s':>11}")
-        table = {"plain loop (per-patch CPU aug, fp32)": {"step_s": plain, "compile_s": 0.0}, **res}
+        table = {PLAIN: {"step_s": plain, "compile_s": 0.0}, **res}
         for label, r in table.items():
             print(f"{label:<36}{n / r['step_s']:>12,.0f}{1000 * r['step_s']:>10.1f}{eager / r['step_s']:>9.2f}x"
                   f"{plain / r['step_s']:>9.2f}x{r['compile_s']:>11.1f}")

@@ -54,7 +54,8 @@ class CompilePath:
 def compiler_missing(device: torch.device) -> str | None:
     """Why inductor cannot compile for ``device`` here (one line), or None when it can.
 
-    The CPU needs a C++ compiler (``torch._inductor.config.cpp.cxx``, or ``$CXX``); CUDA needs
+    The CPU needs a C++ compiler (``torch._inductor.config.cpp.cxx``, or ``$CXX``) with which
+    inductor builds and runs a one-line test function (checked once per process); CUDA needs
     Triton.
     """
     if device.type == "cuda":
@@ -73,6 +74,25 @@ def compiler_missing(device: torch.device) -> str | None:
         return f"no C++ compiler found ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if shutil.which(cxx) is None:
         return f"no C++ compiler found ({cxx!r} is not on PATH)"
+    return _inductor_probe(cxx)
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2.0 + 1.0
+
+
+@functools.cache
+def _inductor_probe(cxx: str) -> str | None:
+    """None when inductor compiles and runs a one-line function with ``cxx``, else why not: a
+    compiler can be there and the toolchain still broken (no Python headers, no OpenMP), which
+    would otherwise fail deep inside the first training step. Once per process and compiler."""
+    try:
+        out = torch.compile(_probe, backend="inductor")(torch.arange(4.0))
+        if not torch.equal(out, torch.tensor([1.0, 3.0, 5.0, 7.0])):
+            return "inductor's test function computed a wrong result"
+    except Exception as e:  # whatever the toolchain throws: the run goes on eager and says why
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"inductor cannot build with {cxx!r} ({type(e).__name__}: {first})"
     return None
 
 

@@ -265,6 +265,25 @@ def test_without_a_compiler_the_run_goes_on_eager_with_one_warning(sets: tuple[P
         assert torch.equal(v, ref[k]), k
 
 
+def test_a_broken_toolchain_is_caught_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiler on PATH that inductor cannot build with (here: the probe function itself fails)
+    is reported as one line, and compile_function hands back the eager function."""
+    from descbal import compiling
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("fatal error: Python.h: No such file or directory\ncompilation terminated.")
+
+    monkeypatch.setattr(compiling, "_probe", broken)
+    compiling._inductor_probe.cache_clear()
+    try:
+        reason = compiler_missing(torch.device("cpu"))
+        assert reason is not None and reason.endswith("(RuntimeError: fatal error: Python.h: No such file or directory)")
+        fn, path = compile_function(compiling._probe, torch.device("cpu"))
+        assert fn is broken and not path.compiled and path.reason and "cannot build" in path.reason
+    finally:
+        compiling._inductor_probe.cache_clear()
+
+
 def test_precision(sets: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = tiny_config(*sets, epochs=1, iters=2, classes=6)
     cfg = replace(cfg, data=replace(cfg.data, val="none"))
