@@ -86,23 +86,22 @@ class StepCompiler:
         return self._networks[id(model)]
 
     def __call__(self, model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
-                 classes: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict[str, Stat], bool]:
-        """The step's loss and statistics, and whether this call compiled."""
+                 classes: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict[str, Stat]]:
+        """The step's loss and statistics (``compiles`` grows when this call compiled)."""
         before, t0 = compile_count(), time.perf_counter()
         if self.path.compiled:
             # the batch dimension is symbolic from the first graph on: the graph a phase gets does
             # not depend on the batch sizes seen before (a resumed run compiles the same code)
             for t in (x, labels, classes):
                 torch._dynamo.mark_dynamic(t, 0)
-        if self.path.compiled and not pipeline.fullgraph:
+        if self.path.compiled and scope(pipeline) == "network":
             loss, stats = step_forward(self._network(model), pipeline, x, labels, classes, bf16)
         else:
             loss, stats = self.fn(model, pipeline, x, labels, classes, bf16)
-        compiled = compile_count() != before
-        self.compiles += compile_count() - before
-        if compiled:
+        if compile_count() != before:
+            self.compiles += compile_count() - before
             self.compile_s += time.perf_counter() - t0
-        return loss, stats, compiled
+        return loss, stats
 
 
 def scope(pipeline: LossPipeline) -> str:

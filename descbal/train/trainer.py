@@ -173,7 +173,6 @@ class Trainer:
         else:
             self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
             self.compile_scope = {p.name: "network" for p in self.phases}
-        self.compiled_now = False  # the last step compiled a graph
         self._prefetcher: ThreadPoolExecutor | None = None
         self._pending: tuple[tuple[int, int, int], Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                 BatchShard | None]]] | None = None
@@ -342,8 +341,7 @@ class Trainer:
             self._prefetcher = None
 
     def step(self, epoch: int, it: int) -> dict[str, float]:
-        """Run one optimisation step of the current phase; returns its statistics
-        (:attr:`compiled_now`: whether it compiled a graph)."""
+        """Run one optimisation step of the current phase; returns its statistics."""
         ph = self.phases[self.phase]
         lr, beta1 = schedule_at(ph.schedule, epoch * ph.iters_per_epoch + it, ph.steps)
         set_lr_beta1(self.optimizer, lr, beta1)
@@ -351,10 +349,8 @@ class Trainer:
         torch.manual_seed(_step_seed(self.cfg.loop.seed, step))
         x, labels, classes, shard = self._inputs(epoch, it)
         self.model.train()
-        compiled = False
         if self.compiler is not None:
-            loss, stats, compiled = self.compiler(self.step_model, ph.pipeline, x, labels, classes, self.bf16)
-            out = StepOutput(loss, stats)
+            out = StepOutput(*self.compiler(self.step_model, ph.pipeline, x, labels, classes, self.bf16))
         else:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = loss_step(self.step_model, ph.pipeline, x, labels, shard=shard)
@@ -364,7 +360,6 @@ class Trainer:
             self._stop_all = self.dist.reduce_gradients(self.model.parameters(), self._stop, ph.pipeline.parameters())
         self.optimizer.step()
         patches = len(labels) if shard is None else len(shard.labels)
-        self.compiled_now = compiled
         report = out.report()  # one device sync for the loss and every statistic
         return {"loss": report.pop("loss"), "lr": lr, "patches": float(patches), **report}
 
@@ -434,12 +429,13 @@ class Trainer:
             ph = self.phases[self.phase]
             if self.epoch == 0 and self.iteration == 0:
                 say(phase_line(ph))
-                if self.compiler is not None and self.compile_path.compiled and scope(ph.pipeline) != "step":
+                if self.compiler is not None and self.compile_path.compiled and self.compile_scope[ph.name] != "step":
                     say(f"phase {ph.name}: loss {ph.pipeline.loss.name} does not trace into one graph; the network "
                         "alone is compiled (descbal.train.compiled says why)")
             while self.iteration < ph.iters_per_epoch:
+                graphs = None if self.compiler is None else self.compiler.compiles
                 stats = self.step(self.epoch, self.iteration)
-                if self.compiled_now and self.compiler is not None:
+                if self.compiler is not None and self.compiler.compiles != graphs:
                     say(f"compiled the training step: {self.compiler.compiles} graph(s), "
                         f"{self.compiler.compile_s:.1f} s so far")
                 self.iteration += 1
