@@ -22,8 +22,12 @@ steps and is printed apart. Targets: on the CPU, compiled >= 1.5x descbal eager 
 256 x 3); on one H100/H200 at 2,560 x 3, >= 300,000 patches/s end to end and >= 7x the plain
 loop. On CUDA the projected time of the full ``self-tnet`` recipe is printed.
 
+On the CPU the eager and compiled rows are then measured again in a process apart whose heap
+keeps freed memory for reuse (``loop.keep_memory``, :func:`descbal.heap.keep_freed_memory`;
+process-wide, hence the second process), and the two heaps are printed side by side.
+
 Usage: ``python benchmarks/train_step.py [--device cuda] [--classes 64 256] [--steps 5]
-[--rounds 3] [--loss balance] [--json FILE]``.
+[--rounds 3] [--loss balance] [--rows eager compiled] [--heap default|keep] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -42,6 +48,7 @@ import numpy as np
 import torch
 
 from descbal.data.patchset import PatchSet
+from descbal.heap import keep_freed_memory
 from descbal.losses import build_pipeline
 from descbal.models import build_model
 from descbal.train.augment import AugmentConfig
@@ -228,13 +235,23 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling happens here)")
     ap.add_argument("--loss", default="balance", help="a registered loss (descbal.losses.LOSSES)")
     ap.add_argument("--baseline-steps", type=int, default=None)
+    ap.add_argument("--rows", nargs="+", default=None,
+                    help="the descbal rows to run, without 'descbal ' (default: all; the plain loop always runs)")
+    ap.add_argument("--heap", choices=("default", "keep"), default="default",
+                    help="default: glibc's own heap, as a run by default; keep: freed memory kept (loop.keep_memory)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
+    if args.heap == "keep":
+        keep_freed_memory()
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     steps = args.steps or (20 if cuda else 4)
     base_steps = args.baseline_steps or (3 if cuda else 2)
-    rows = {k: v for k, v in ROWS.items() if not (cuda and "bf16" in k)}  # bf16 is CUDA's default
+    unknown = [r for r in args.rows or () if f"descbal {r}" not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; use {[k.removeprefix('descbal ') for k in ROWS]}")
+    rows = {k: v for k, v in ROWS.items() if not (cuda and "bf16" in k)  # bf16 is CUDA's default
+            and (args.rows is None or k.removeprefix("descbal ") in args.rows)}
     name = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     out: list[dict[str, Any]] = []
     for classes in args.classes or ([2560] if cuda else [64, 256]):
@@ -254,10 +271,14 @@ def main() -> None:
                   f"{plain / r['step_s']:>9.2f}x{r['compile_s']:>11.1f}")
             out.append({"device": name, "classes": classes, "npos": args.npos, "loss": args.loss, "pipeline": label,
                         "patches_per_s": n / r["step_s"], "step_s": r["step_s"], "compile_s": r["compile_s"]})
+        compiled_share = (f", {100 * sample / res['descbal compiled']['step_s']:.0f} % of a compiled one"
+                          if "descbal compiled" in res else "")
         print(f"sampling + augmentation alone (descbal, on the device): {1000 * sample:.1f} ms per batch, "
-              f"{100 * sample / eager:.0f} % of an eager step, {100 * sample / res['descbal compiled']['step_s']:.0f} % "
-              "of a compiled one")
-        best = min(v["step_s"] for k, v in res.items() if k.startswith("descbal compiled") and "bf16" not in k)
+              f"{100 * sample / eager:.0f} % of an eager step{compiled_share}")
+        compiled = [v["step_s"] for k, v in res.items() if k.startswith("descbal compiled") and "bf16" not in k]
+        if not compiled:
+            continue
+        best = min(compiled)
         ratio = eager / best
         if cuda:
             rate = n / best
@@ -267,8 +288,34 @@ def main() -> None:
             print(f"projected time of the full self-tnet recipe at this rate: {hours:.1f} h")
         else:
             print(f"target compiled >= 1.5x descbal eager: {ratio:.2f}x ({'met' if ratio >= 1.5 else 'NOT met'})")
+    if not cuda and args.heap == "default":
+        compare_heaps(args, out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def compare_heaps(args: argparse.Namespace, default: list[dict[str, Any]]) -> None:
+    """The eager and compiled rows again in a process whose heap keeps freed memory, and each
+    row's patches/s there against this process's (glibc's default heap)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--device", args.device, "--heap", "keep", "--rows", "eager", "compiled",
+               "--npos", str(args.npos), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+               "--loss", args.loss, "--json", str(Path(tmp) / "kept.json")]
+        for opt, value in (("--classes", args.classes), ("--steps", args.steps),
+                           ("--baseline-steps", args.baseline_steps)):
+            if value is not None:
+                cmd += [opt, *map(str, value if isinstance(value, list) else [value])]
+        print("\nThe same with freed memory kept (a process apart, --heap keep, as loop.keep_memory):", flush=True)
+        subprocess.run(cmd, check=True)
+        kept = json.loads((Path(tmp) / "kept.json").read_text())
+    print("\nFreed memory kept (loop.keep_memory) against glibc's default heap, patches/s:")
+    print(f"{'batch':<12}{'pipeline':<36}{'default':>10}{'kept':>10}{'kept/default':>14}")
+    rate = {(r["classes"], r["pipeline"]): r["patches_per_s"] for r in kept}
+    for r in default:
+        key = (r["classes"], r["pipeline"])
+        if key in rate:
+            print(f"{str(r['classes']) + ' x ' + str(r['npos']):<12}{r['pipeline']:<36}{r['patches_per_s']:>10,.0f}"
+                  f"{rate[key]:>10,.0f}{rate[key] / r['patches_per_s']:>13.2f}x")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ from descbal.errors import BadInputError, DataMissingError
 from descbal.eval.model_eval import evaluate_brown_model
 from descbal.fileio import atomic_path, sha256_hex, write_text_atomic
 from descbal.geometry import PatchGeometry
+from descbal.heap import keep_freed_memory
+from descbal.heap import kept as heap_kept
 from descbal.losses.pipeline import StepOutput
 from descbal.models import build_model
 from descbal.models.checkpoint import FORMAT, geometry_entries, read_checkpoint
@@ -173,6 +175,8 @@ class Trainer:
         else:
             self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
             self.compile_scope = {p.name: "network" for p in self.phases}
+        if cfg.loop.keep_memory:
+            keep_freed_memory()  # before the patches and the first batch are allocated
         self._prefetcher: ThreadPoolExecutor | None = None
         self._pending: tuple[tuple[int, int, int], Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                 BatchShard | None]]] | None = None
@@ -248,9 +252,11 @@ class Trainer:
         """How the steps run, for ``environment.json``: ``compile`` (requested, ``path``
         inductor or eager, the reason it fell back, and per phase the ``scope`` compiled: the
         whole ``step`` or the ``network`` alone, ``descbal.train.compiled``), ``precision``
-        (bf16 or fp32 autocast) and ``prefetch``."""
+        (bf16 or fp32 autocast), ``prefetch`` and ``heap`` (``kept``: freed memory kept for
+        reuse in this process, ``descbal.heap``; else ``default``)."""
         return {"compile": {**self.compile_path.to_dict(), "scope": self.compile_scope},
-                "precision": "bf16" if self.bf16 else "fp32", "prefetch": self.cfg.loop.prefetch}
+                "precision": "bf16" if self.bf16 else "fp32", "prefetch": self.cfg.loop.prefetch,
+                "heap": "kept" if heap_kept() else "default"}
 
     def save(self, name: str = "last.pt") -> Path:
         """Write the training state (model, optimiser, position) atomically (rank 0 only)."""
