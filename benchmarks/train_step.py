@@ -241,15 +241,17 @@ def main() -> None:
                     help="default: glibc's own heap, as a run by default; keep: freed memory kept (loop.keep_memory)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
-    if args.heap == "keep":
-        keep_freed_memory()
+    if args.heap == "keep" and not keep_freed_memory():
+        ap.error("--heap keep: not glibc on Linux, so freed memory cannot be kept (descbal.heap)")
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     steps = args.steps or (20 if cuda else 4)
     base_steps = args.baseline_steps or (3 if cuda else 2)
     unknown = [r for r in args.rows or () if f"descbal {r}" not in ROWS]
     if unknown:
-        ap.error(f"unknown rows {unknown}; use {[k.removeprefix('descbal ') for k in ROWS]}")
+        ap.error(f"unknown rows {unknown}; use {[k.removeprefix('descbal ') for k in ROWS]} (quote names with spaces)")
+    if args.rows is not None and "eager" not in args.rows:
+        ap.error("--rows must include eager: the other rows are measured against it")
     rows = {k: v for k, v in ROWS.items() if not (cuda and "bf16" in k)  # bf16 is CUDA's default
             and (args.rows is None or k.removeprefix("descbal ") in args.rows)}
     name = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} threads)"
@@ -270,7 +272,8 @@ def main() -> None:
             print(f"{label:<36}{n / r['step_s']:>12,.0f}{1000 * r['step_s']:>10.1f}{eager / r['step_s']:>9.2f}x"
                   f"{plain / r['step_s']:>9.2f}x{r['compile_s']:>11.1f}")
             out.append({"device": name, "classes": classes, "npos": args.npos, "loss": args.loss, "pipeline": label,
-                        "patches_per_s": n / r["step_s"], "step_s": r["step_s"], "compile_s": r["compile_s"]})
+                        "heap": args.heap, "patches_per_s": n / r["step_s"], "step_s": r["step_s"],
+                        "compile_s": r["compile_s"]})
         compiled_share = (f", {100 * sample / res['descbal compiled']['step_s']:.0f} % of a compiled one"
                           if "descbal compiled" in res else "")
         print(f"sampling + augmentation alone (descbal, on the device): {1000 * sample:.1f} ms per batch, "
@@ -288,15 +291,18 @@ def main() -> None:
             print(f"projected time of the full self-tnet recipe at this rate: {hours:.1f} h")
         else:
             print(f"target compiled >= 1.5x descbal eager: {ratio:.2f}x ({'met' if ratio >= 1.5 else 'NOT met'})")
-    if not cuda and args.heap == "default":
-        compare_heaps(args, out)
-    if args.json:
+    if args.json:  # written before the comparison, so a failed child loses nothing of this run
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    if not cuda and args.heap == "default":
+        out += compare_heaps(args, out)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
-def compare_heaps(args: argparse.Namespace, default: list[dict[str, Any]]) -> None:
-    """The eager and compiled rows again in a process whose heap keeps freed memory, and each
-    row's patches/s there against this process's (glibc's default heap)."""
+def compare_heaps(args: argparse.Namespace, default: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plain loop and the eager and compiled rows again in a process whose heap keeps freed
+    memory, each row's patches/s there printed against this process's (glibc's default heap).
+    Returns the child's rows (``heap: keep``), none when it could not run."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--device", args.device, "--heap", "keep", "--rows", "eager", "compiled",
                "--npos", str(args.npos), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
@@ -306,7 +312,10 @@ def compare_heaps(args: argparse.Namespace, default: list[dict[str, Any]]) -> No
             if value is not None:
                 cmd += [opt, *map(str, value if isinstance(value, list) else [value])]
         print("\nThe same with freed memory kept (a process apart, --heap keep, as loop.keep_memory):", flush=True)
-        subprocess.run(cmd, check=True)
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            print(f"no heap comparison: the kept-heap process exited with {rc}")
+            return []
         kept = json.loads((Path(tmp) / "kept.json").read_text())
     print("\nFreed memory kept (loop.keep_memory) against glibc's default heap, patches/s:")
     print(f"{'batch':<12}{'pipeline':<36}{'default':>10}{'kept':>10}{'kept/default':>14}")
@@ -316,6 +325,7 @@ def compare_heaps(args: argparse.Namespace, default: list[dict[str, Any]]) -> No
         if key in rate:
             print(f"{str(r['classes']) + ' x ' + str(r['npos']):<12}{r['pipeline']:<36}{r['patches_per_s']:>10,.0f}"
                   f"{rate[key]:>10,.0f}{rate[key] / r['patches_per_s']:>13.2f}x")
+    return kept
 
 
 if __name__ == "__main__":

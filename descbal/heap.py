@@ -10,8 +10,11 @@ HyNet step at 256 x 3 patches took 1.0 million faults and 5.0 to 5.6 s, against 
 without them; at 64 x 3 the faults were few and cost little
 (``benchmarks/train_step.py`` prints both heaps side by side).
 
-:func:`keep_freed_memory` turns both off for the process: no block is mapped apart and the
-heap's free top is kept (up to 2 GiB), so freed buffers are reused without a fault. The
+:func:`keep_freed_memory` turns both off for the process: no block of the main thread's heap
+is mapped apart and its free top is kept (up to 2 GiB), so freed buffers are reused without a
+fault. (Other threads' heaps still map blocks above 64 MiB apart: the step runs on the main
+thread. Under a preloaded allocator, tcmalloc or jemalloc, mallopt answers yes and changes
+nothing; those keep freed memory already.) The
 process's resident memory then stays near its peak instead of falling between steps, and can
 exceed it by a few of the largest blocks while the heap settles: torch allocates with
 ``posix_memalign``, which glibc cannot always serve from the block just freed (a HyNet trainer
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable
 
 # mallopt's parameter codes (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -43,7 +47,8 @@ def keep_freed_memory() -> bool:
     """Make the process's malloc keep freed memory for reuse (see the module docstring).
 
     Idempotent. Returns whether it applies: True under glibc on Linux once both settings
-    took, False elsewhere (nothing changed).
+    took; False off Linux or with another C library (nothing changed), or if glibc refused a
+    setting.
     """
     global _kept
     if _kept is None:
@@ -56,7 +61,7 @@ def kept() -> bool:
     return _kept is True
 
 
-def _glibc_mallopt() -> ctypes._CFuncPtr | None:
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt`` in this process, or None (not Linux, or another C library)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -73,6 +78,7 @@ def _glibc_mallopt() -> ctypes._CFuncPtr | None:
 
 
 def _apply() -> bool:
+    """Set both (the mapping limit first); True when glibc took them."""
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import tiny_config, write_sets
+from train_fixtures import one_torch_thread, tiny_config, write_sets  # noqa: F401
 
 from descbal import heap
 from descbal.train.trainer import start_run
@@ -31,10 +32,25 @@ for _ in range(8):
 PAGES = 64 * 2**20 // 4096
 
 
+def run_python(code: str, *args: str) -> str:
+    """stdout of ``python -c code args`` in a fresh process (its stderr shown if it fails)."""
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def probe(mode: str) -> tuple[str, list[int]]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[1]).stdout.split()
+    out = run_python(PROBE, mode).split()
     return out[0], [int(v) for v in out[-3:]]
+
+
+def glibc() -> bool:
+    """This test's own answer (not descbal.heap's) to whether the process runs on glibc."""
+    try:
+        return sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
 
 
 def thp_always() -> bool:
@@ -42,11 +58,10 @@ def thp_always() -> bool:
     return p.exists() and "[always]" in p.read_text()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc")
 def test_freed_block_reused_without_faults() -> None:
     applied, kept = probe("keep")
-    if applied != "True":
-        pytest.skip("not glibc")
+    assert applied == "True"
     assert max(kept) < PAGES // 20  # reused: a few pages of torch's own bookkeeping at most
     if not thp_always():  # with huge pages everywhere a fresh mapping faults 2 MiB at a time
         _, default = probe("default")
@@ -86,6 +101,7 @@ from dataclasses import replace
 sys.path.insert(0, sys.argv[3])
 from train_fixtures import tiny_config
 from descbal.train.trainer import start_run
+torch.set_num_threads(1)  # as the parent test runs (one_torch_thread)
 cfg = tiny_config(sys.argv[1], epochs=1, iters=3, classes=6)
 cfg = replace(cfg, data=replace(cfg.data, val="none"), loop=replace(cfg.loop, keep_memory=True))
 t = start_run(cfg, sys.argv[2])
@@ -94,6 +110,7 @@ torch.save(t.model.state_dict(), sys.argv[2] + "/weights.pt")
 """
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_trainer_keeps_freed_memory_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``loop.keep_memory`` applies it when the trainer is built and environment.json says so;
     a run in a process whose heap is kept trains the same weights as one whose heap is not."""
@@ -102,20 +119,18 @@ def test_trainer_keeps_freed_memory_when_asked(monkeypatch: pytest.MonkeyPatch, 
     cfg = replace(cfg, data=replace(cfg.data, val="none"))
     calls = []
     monkeypatch.setattr(heap, "_kept", None)
+    monkeypatch.setattr(heap, "_apply", lambda: calls.append(1) or True)
     default = start_run(cfg, tmp_path / "default")
     assert calls == [] and json.loads((tmp_path / "default" / "environment.json").read_text())["heap"] == "default"
     default.fit()
 
-    monkeypatch.setattr(heap, "_apply", lambda: calls.append(1) or True)
     start_run(replace(cfg, loop=replace(cfg.loop, keep_memory=True)), tmp_path / "asked")
     assert calls == [1]
     assert json.loads((tmp_path / "asked" / "environment.json").read_text())["heap"] == "kept"
 
     run = tmp_path / "kept"
-    subprocess.run([sys.executable, "-c", TRAIN, str(train), str(run), str(Path(__file__).parent)], check=True,
-                   cwd=Path(__file__).parents[1], capture_output=True)
-    assert json.loads((run / "environment.json").read_text())["heap"] == ("kept" if sys.platform.startswith("linux")
-                                                                          else "default")
+    run_python(TRAIN, str(train), str(run), str(Path(__file__).parent))
+    assert json.loads((run / "environment.json").read_text())["heap"] == ("kept" if glibc() else "default")
     kept = torch.load(run / "weights.pt", weights_only=True)
     for k, v in default.model.state_dict().items():
         assert torch.equal(v, kept[k]), k

@@ -82,8 +82,9 @@ class LoopConfig:
     ``keep_memory``: the process keeps the memory large tensors free for reuse
     (:func:`descbal.heap.keep_freed_memory`; glibc on Linux, process-wide from the trainer's
     construction on): a large CPU batch then stops faulting its buffers in again every step
-    (eager HyNet at 256 x 3 patches about 1.5x faster on 2 cores); at 64 x 3 there is nothing
-    to gain. Off by default: resident memory stays at the peak between steps.
+    (eager HyNet at 256 x 3 patches about 1.5x faster on 2 cores); at 64 x 3 the faults are
+    few and the difference is within the noise. Off by default: resident memory stays at the
+    peak between steps.
     """
 
     _moved_keys: ClassVar[dict[str, str]] = {

@@ -176,7 +176,7 @@ class Trainer:
             self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
             self.compile_scope = {p.name: "network" for p in self.phases}
         if cfg.loop.keep_memory:
-            keep_freed_memory()  # before the patches and the first batch are allocated
+            keep_freed_memory()  # process-wide: before the first step allocates its buffers
         self._prefetcher: ThreadPoolExecutor | None = None
         self._pending: tuple[tuple[int, int, int], Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                 BatchShard | None]]] | None = None
