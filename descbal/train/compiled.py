@@ -82,7 +82,7 @@ class StepCompiler:
 
     def _network(self, model: nn.Module) -> nn.Module:
         if id(model) not in self._networks:  # (the wrapper holds the model: its id is not reused)
-            self._networks[id(model)] = compile_function(model, self.device, backend=BACKEND)[0]
+            self._networks[id(model)] = compile_network(model, self.device, True)[0]
         return self._networks[id(model)]
 
     def __call__(self, model: nn.Module, pipeline: LossPipeline, x: torch.Tensor, labels: torch.Tensor,
@@ -102,6 +102,12 @@ class StepCompiler:
             self.compiles += compile_count() - before
             self.compile_s += time.perf_counter() - t0
         return loss, stats
+
+
+def compile_network(model: nn.Module, device: torch.device, requested: bool) -> tuple[nn.Module, CompilePath]:
+    """The network alone compiled with the trainer's backend (what a step whose loss does not
+    trace whole, or a distributed step, runs), and the path taken."""
+    return compile_function(model, device, requested, backend=BACKEND)
 
 
 def scope(pipeline: LossPipeline) -> str:

@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 import descbal
-from descbal.compiling import compile_function
 from descbal.config import dump_toml, load_config, to_dict
 from descbal.data.patchset import CommonGeometry, PatchSet, common_geometry, concat_patchsets, load_patchset
 from descbal.devices import resolve_device
@@ -58,7 +57,7 @@ from descbal.progress import Progress, or_no_progress
 from descbal.results import JsonResult
 from descbal.train import distributed
 from descbal.train.augment import AugmentParams, network_input, sample_params
-from descbal.train.compiled import StepCompiler, compile_note, scope
+from descbal.train.compiled import StepCompiler, compile_network, compile_note, scope
 from descbal.train.config import NO_VAL, DataConfig, RunConfig
 from descbal.train.distributed import BatchShard, DistContext
 from descbal.train.global_layers import distribute_layers
@@ -173,7 +172,7 @@ class Trainer:
             self.compile_path = self.compiler.path
             self.compile_scope = {p.name: scope(p.pipeline) for p in self.phases}
         else:
-            self.step_model, self.compile_path = compile_function(self.model, self.device, cfg.loop.compile)
+            self.step_model, self.compile_path = compile_network(self.model, self.device, cfg.loop.compile)
             self.compile_scope = {p.name: "network" for p in self.phases}
         if cfg.loop.keep_memory:
             keep_freed_memory()  # process-wide: before the first step allocates its buffers
